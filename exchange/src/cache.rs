@@ -1,0 +1,275 @@
+//! The local session cache for non-critical routes, with the tokens minted for each session.
+//!
+//! Entries are keyed by the SHA-256 of the cookie (never the cookie itself) and are
+//! trusted for at most `cache_ttl` after they were read from the store (`negative_cache_ttl`
+//! for "no such session"). Tokens hang off the session entry, so evicting or
+//! invalidating a session drops its tokens with it: a cached token is never handed
+//! out for a session the cache no longer trusts.
+//!
+//! Memory is bounded by weight: each entry weighs its approximate size in bytes, but
+//! at least `max_bytes / max_entries`, so neither the byte bound nor the entry bound can
+//! be exceeded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use quick_cache::sync::{Cache, PlaceholderGuard};
+use quick_cache::{DefaultHashBuilder, Weighter};
+
+use crate::mint::SignedJwt;
+use crate::session::Session;
+
+/// Default byte bound of the session cache.
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A cached store answer: a session, or the knowledge that there is none.
+pub struct Entry {
+    /// The session, or `None` for a negative entry.
+    pub session: Option<Arc<Session>>,
+    /// When the value was read from the store.
+    pub fetched: Instant,
+    /// Tokens minted for this session, by audience and lifetime.
+    tokens: Mutex<Vec<CachedToken>>,
+}
+
+/// A token kept for reuse.
+#[derive(Clone)]
+pub(crate) struct CachedToken {
+    pub(crate) audience: Arc<str>,
+    pub(crate) ttl: Duration,
+    pub(crate) jwt: SignedJwt,
+}
+
+impl Entry {
+    /// A fresh entry read at `fetched`.
+    pub fn new(session: Option<Arc<Session>>, fetched: Instant) -> Self {
+        Self {
+            session,
+            fetched,
+            tokens: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A reusable token for `audience` and `ttl`, if `reusable` accepts it.
+    pub(crate) fn token(
+        &self,
+        audience: &str,
+        ttl: Duration,
+        reusable: impl Fn(&SignedJwt) -> bool,
+    ) -> Option<SignedJwt> {
+        let tokens = self.tokens.lock();
+        tokens
+            .iter()
+            .find(|t| &*t.audience == audience && t.ttl == ttl && reusable(&t.jwt))
+            .map(|t| t.jwt.clone())
+    }
+
+    /// Keeps `jwt` for reuse, replacing an older token of the same audience and ttl.
+    pub(crate) fn keep_token(&self, audience: Arc<str>, ttl: Duration, jwt: SignedJwt) {
+        let mut tokens = self.tokens.lock();
+        tokens.retain(|t| !(t.audience == audience && t.ttl == ttl));
+        // A session rarely talks to more than a handful of audiences; bound it anyway.
+        if tokens.len() >= 16 {
+            tokens.remove(0);
+        }
+        tokens.push(CachedToken { audience, ttl, jwt });
+    }
+}
+
+/// Weighs entries by approximate size, with a floor that enforces the entry bound.
+#[derive(Clone)]
+pub struct EntryWeighter {
+    floor: u64,
+}
+
+impl Weighter<[u8; 32], Arc<Entry>> for EntryWeighter {
+    fn weight(&self, _key: &[u8; 32], val: &Arc<Entry>) -> u64 {
+        // Key, Arc, entry and 16 token slots of ~600 bytes each are accounted up front
+        // so that the weight never changes while the entry is cached.
+        let base = 32 + 16 + std::mem::size_of::<Entry>() as u64 + 16 * 600;
+        let session = val.session.as_ref().map_or(0, |s| s.weight() as u64);
+        (base + session).max(self.floor)
+    }
+}
+
+type Inner = Cache<[u8; 32], Arc<Entry>, EntryWeighter>;
+/// A claim on loading one key: other lookups of the same key wait for it.
+pub type LoadGuard<'a> = PlaceholderGuard<
+    'a,
+    [u8; 32],
+    Arc<Entry>,
+    EntryWeighter,
+    DefaultHashBuilder,
+    quick_cache::sync::DefaultLifecycle<[u8; 32], Arc<Entry>>,
+>;
+
+/// Bounded session cache with per-entry trust windows and lookup coalescing.
+pub struct SessionCache {
+    inner: Option<Inner>,
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+/// The result of asking the cache.
+pub enum Probe<'a> {
+    /// A trusted entry.
+    Hit(Arc<Entry>),
+    /// Not trusted or absent: the caller loads it and inserts through the guard.
+    Load(Option<LoadGuard<'a>>, Option<Arc<Entry>>),
+}
+
+impl SessionCache {
+    /// A cache holding at most `max_entries` entries and `max_bytes` bytes.
+    /// A zero `ttl` disables it.
+    pub fn new(ttl: Duration, negative_ttl: Duration, max_entries: usize, max_bytes: u64) -> Self {
+        let inner = (!ttl.is_zero() && max_entries > 0).then(|| {
+            let floor = (max_bytes / max_entries as u64).max(1);
+            Cache::with_weighter(max_entries, max_bytes, EntryWeighter { floor })
+        });
+        Self {
+            inner,
+            ttl,
+            negative_ttl: negative_ttl.min(ttl),
+        }
+    }
+
+    /// How long an entry is trusted.
+    fn trust(&self, entry: &Entry) -> Duration {
+        if entry.session.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        }
+    }
+
+    /// Whether `entry` may still be trusted at `now`.
+    pub fn is_trusted(&self, entry: &Entry, now: Instant) -> bool {
+        now.saturating_duration_since(entry.fetched) < self.trust(entry)
+    }
+
+    /// Looks `key` up. A trusted entry is a hit; otherwise the caller gets a guard to
+    /// load it (other callers for the same key wait for that load), and the untrusted
+    /// entry it replaces, if any.
+    pub async fn probe(&self, key: &[u8; 32], now: Instant) -> Probe<'_> {
+        let Some(inner) = &self.inner else {
+            return Probe::Load(None, None);
+        };
+        let mut stale = None;
+        loop {
+            match inner.get_value_or_guard_async(key).await {
+                Ok(entry) if self.is_trusted(&entry, now) => return Probe::Hit(entry),
+                Ok(entry) => {
+                    // Drop the untrusted entry, then race to load it again.
+                    inner.remove_if(key, |v| Arc::ptr_eq(v, &entry));
+                    stale = Some(entry);
+                }
+                Err(guard) => return Probe::Load(Some(guard), stale),
+            }
+        }
+    }
+
+    /// The entry for `key` whatever its age (used to tell "revoked" from "missing").
+    pub fn peek(&self, key: &[u8; 32]) -> Option<Arc<Entry>> {
+        self.inner.as_ref().and_then(|c| c.peek(key))
+    }
+
+    /// Inserts or replaces an entry.
+    pub fn insert(&self, key: [u8; 32], entry: Arc<Entry>) {
+        if let Some(inner) = &self.inner {
+            inner.insert(key, entry);
+        }
+    }
+
+    /// Drops the entry for `key` and with it every token minted for it.
+    pub fn invalidate(&self, key: &[u8; 32]) -> bool {
+        self.inner.as_ref().and_then(|c| c.remove(key)).is_some()
+    }
+
+    /// Drops everything.
+    pub fn clear(&self) {
+        if let Some(inner) = &self.inner {
+            inner.clear();
+        }
+    }
+
+    /// Number of cached entries.
+    pub fn len(&self) -> usize {
+        self.inner.as_ref().map_or(0, Cache::len)
+    }
+
+    /// Whether the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether caching is enabled.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(ttl_ms: u64) -> SessionCache {
+        SessionCache::new(
+            Duration::from_millis(ttl_ms),
+            Duration::from_millis(ttl_ms / 2),
+            1000,
+            DEFAULT_MAX_BYTES,
+        )
+    }
+
+    #[tokio::test]
+    async fn probe_hit_then_untrusted_after_ttl() {
+        let c = cache(1000);
+        let key = [7u8; 32];
+        let t0 = Instant::now();
+        match c.probe(&key, t0).await {
+            Probe::Load(Some(guard), None) => {
+                let _ = guard.insert(Arc::new(Entry::new(None, t0)));
+            }
+            _ => panic!("expected a load guard"),
+        }
+        assert!(matches!(
+            c.probe(&key, t0 + Duration::from_millis(100)).await,
+            Probe::Hit(_)
+        ));
+        // Negative entries are trusted for half the ttl here.
+        assert!(matches!(
+            c.probe(&key, t0 + Duration::from_millis(600)).await,
+            Probe::Load(Some(_), Some(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn disabled_cache_never_hits() {
+        let c = SessionCache::new(Duration::ZERO, Duration::ZERO, 10, DEFAULT_MAX_BYTES);
+        assert!(!c.is_enabled());
+        c.insert([1; 32], Arc::new(Entry::new(None, Instant::now())));
+        assert!(matches!(
+            c.probe(&[1; 32], Instant::now()).await,
+            Probe::Load(None, None)
+        ));
+    }
+
+    #[test]
+    fn entry_bound_is_enforced() {
+        let c = SessionCache::new(
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+            100,
+            DEFAULT_MAX_BYTES,
+        );
+        let now = Instant::now();
+        for i in 0..1000u32 {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            c.insert(key, Arc::new(Entry::new(None, now)));
+        }
+        assert!(c.len() <= 100, "len {}", c.len());
+        assert!(c.len() >= 50, "len {}", c.len());
+    }
+}

@@ -1,0 +1,286 @@
+//! Session lookup, caching, claims and token minting for sessiongate.
+//!
+//! The gateway hands this crate a validated [`SessionToken`] and gets back an
+//! authentication answer ([`SessionLookup`]) or an infrastructure [`Error`], then asks
+//! for a token for the route's [`Audience`]. This crate never forwards anything and
+//! knows nothing of HTTP.
+//!
+//! ```no_run
+//! # async fn demo(exchange: exchange::Exchange) -> Result<(), exchange::Error> {
+//! use exchange::{Audience, Freshness, SessionLookup, SessionToken};
+//! let token = SessionToken::parse("cookie-value-from-the-browser").expect("valid cookie");
+//! let resolved = exchange.lookup(&token, Freshness::Cached).await?;
+//! if let SessionLookup::Valid(_) = resolved.lookup {
+//!     let jwt = exchange.token(&resolved, &Audience::new("orders"), std::time::Duration::from_secs(300))?;
+//!     println!("Authorization: {}", std::str::from_utf8(jwt.bearer()).unwrap_or_default());
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod cache;
+pub mod cookie;
+mod error;
+pub mod metrics;
+pub mod mint;
+pub mod revocation;
+pub mod session;
+pub mod store;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use cookie::{InvalidCookie, SessionToken};
+pub use error::Error;
+pub use metrics::Metrics;
+pub use mint::{Audience, Minter, SignedJwt};
+pub use session::{Session, SessionLookup, SessionSettings, Sid, Source};
+
+use cache::{Entry, Probe, SessionCache};
+use session::record::{self, redis_key};
+use store::SessionStore;
+
+/// How fresh a lookup must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Confirm the session in the store now (critical routes).
+    Live,
+    /// A cached answer no older than `cache_ttl` will do.
+    Cached,
+}
+
+/// The answer to a lookup, with what is needed to issue a token for it.
+pub struct Resolved {
+    /// The authentication outcome.
+    pub lookup: SessionLookup,
+    /// Where it came from.
+    pub source: Source,
+    /// Unix time at which the session was confirmed live in the store, for `chk`.
+    pub confirmed_at: Option<u64>,
+    entry: Option<Arc<Entry>>,
+    live: bool,
+}
+
+/// Session lookups and token issuance over a store, a cache and a minter.
+pub struct Exchange {
+    store: Arc<dyn SessionStore>,
+    cache: SessionCache,
+    settings: SessionSettings,
+    minter: Minter,
+    metrics: Arc<Metrics>,
+}
+
+impl Exchange {
+    /// Wires a store, settings and a minter together.
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        settings: SessionSettings,
+        minter: Minter,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let cache = SessionCache::new(
+            settings.cache_ttl,
+            settings.negative_cache_ttl,
+            settings.cache_max_entries,
+            cache::DEFAULT_MAX_BYTES,
+        );
+        Self {
+            store,
+            cache,
+            settings,
+            minter,
+            metrics,
+        }
+    }
+
+    /// The session store.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// The session settings.
+    pub fn settings(&self) -> &SessionSettings {
+        &self.settings
+    }
+
+    /// The session cache.
+    pub fn cache(&self) -> &SessionCache {
+        &self.cache
+    }
+
+    /// The minter.
+    pub fn minter(&self) -> &Minter {
+        &self.minter
+    }
+
+    /// Looks a session up, from the cache when `freshness` allows.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store cannot answer and no trusted cache entry exists;
+    /// [`Error::Corrupt`] when the stored value breaks the schema.
+    pub async fn lookup(
+        &self,
+        token: &SessionToken,
+        freshness: Freshness,
+    ) -> Result<Resolved, Error> {
+        let now = Instant::now();
+        let unix = unix_now();
+        let result = match freshness {
+            Freshness::Cached => self.lookup_cached(token, now, unix).await,
+            Freshness::Live => self.lookup_live(token, now, unix).await,
+        };
+        match &result {
+            Ok(r) => self
+                .metrics
+                .session_lookups
+                .with_label_values(&[r.source.as_str(), r.lookup.result_label()])
+                .inc(),
+            Err(_) => self
+                .metrics
+                .session_lookups
+                .with_label_values(&[Source::Redis.as_str(), "error"])
+                .inc(),
+        }
+        result
+    }
+
+    async fn lookup_cached(
+        &self,
+        token: &SessionToken,
+        now: Instant,
+        unix: u64,
+    ) -> Result<Resolved, Error> {
+        match self.cache.probe(token.digest(), now).await {
+            Probe::Hit(entry) => Ok(classify(entry, None, Source::Cache, unix, false)),
+            Probe::Load(guard, stale) => {
+                let entry = Arc::new(Entry::new(self.fetch(token).await?, now));
+                match guard {
+                    Some(guard) => {
+                        let _ = guard.insert(entry.clone());
+                    }
+                    None => self.cache.insert(*token.digest(), entry.clone()),
+                }
+                Ok(classify(entry, stale, Source::Redis, unix, false))
+            }
+        }
+    }
+
+    async fn lookup_live(
+        &self,
+        token: &SessionToken,
+        now: Instant,
+        unix: u64,
+    ) -> Result<Resolved, Error> {
+        let previous = self.cache.peek(token.digest());
+        let session = match self.fetch(token).await {
+            Ok(s) => s,
+            Err(e) => {
+                if matches!(e, Error::Corrupt { .. }) {
+                    self.cache.invalidate(token.digest());
+                }
+                return Err(e);
+            }
+        };
+        let entry = Arc::new(Entry::new(session, now));
+        // Refresh the cache with what the store just said; a deleted session takes its
+        // cached tokens with it.
+        self.cache.insert(*token.digest(), entry.clone());
+        Ok(classify(entry, previous, Source::Redis, unix, true))
+    }
+
+    async fn fetch(&self, token: &SessionToken) -> Result<Option<Arc<Session>>, Error> {
+        let key = redis_key(&self.settings.key_prefix, token, self.settings.hashed_keys);
+        let Some(value) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        match record::decode(&value, token, &self.settings) {
+            Ok(session) => Ok(Some(Arc::new(session))),
+            Err(e) => Err(Error::Corrupt {
+                key_hint: format!("{}{}…", self.settings.key_prefix, &key_hint(token)),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// A token for a valid session and `audience`: reused from the cache while more than
+    /// half its lifetime remains and its key is still published, otherwise minted.
+    /// Live lookups (critical routes) always get a fresh token carrying `chk`.
+    ///
+    /// # Errors
+    /// [`Error::NoSigningKey`] or [`Error::Sign`]; also [`Error::Corrupt`] if called for a
+    /// lookup that is not valid.
+    pub fn token(
+        &self,
+        resolved: &Resolved,
+        audience: &Audience,
+        ttl: Duration,
+    ) -> Result<SignedJwt, Error> {
+        let SessionLookup::Valid(session) = &resolved.lookup else {
+            return Err(Error::Corrupt {
+                key_hint: String::from("-"),
+                reason: "token requested for a session that is not valid".into(),
+            });
+        };
+        let now = unix_now();
+        if resolved.live {
+            return self
+                .minter
+                .mint(session, audience, ttl, now, resolved.confirmed_at);
+        }
+        if let Some(entry) = &resolved.entry {
+            let keyset = self.minter.keyring().load();
+            let reusable = |jwt: &SignedJwt| {
+                jwt.more_than_half_left(now) && keyset.is_published(jwt.kid().as_str())
+            };
+            if let Some(jwt) = entry.token(audience.as_str(), ttl, reusable) {
+                self.metrics.token_cache.with_label_values(&["hit"]).inc();
+                return Ok(jwt);
+            }
+        }
+        let jwt = self.minter.mint(session, audience, ttl, now, None)?;
+        self.metrics.token_cache.with_label_values(&["miss"]).inc();
+        if let Some(entry) = resolved.entry.as_ref().filter(|_| self.cache.is_enabled()) {
+            entry.keep_token(audience.shared(), ttl, jwt.clone());
+        }
+        Ok(jwt)
+    }
+}
+
+fn classify(
+    entry: Arc<Entry>,
+    previous: Option<Arc<Entry>>,
+    source: Source,
+    unix: u64,
+    live: bool,
+) -> Resolved {
+    let lookup = match &entry.session {
+        Some(s) if s.is_expired(unix) => SessionLookup::Expired,
+        Some(s) => SessionLookup::Valid(s.clone()),
+        None if previous.is_some_and(|p| p.session.is_some()) => SessionLookup::Revoked,
+        None => SessionLookup::Missing,
+    };
+    let confirmed_at = (source == Source::Redis).then_some(unix);
+    Resolved {
+        lookup,
+        source,
+        confirmed_at,
+        entry: Some(entry),
+        live,
+    }
+}
+
+/// First 8 hex characters of the cookie digest: enough to find a key in logs, too
+/// little to use it.
+fn key_hint(token: &SessionToken) -> String {
+    let mut s = String::with_capacity(8);
+    record::push_hex(&mut s, &token.digest()[..4]);
+    s
+}
+
+/// The current unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

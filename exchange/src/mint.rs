@@ -1,0 +1,360 @@
+//! Minting: claims for a session and audience, signed with the keyring's current key.
+//!
+//! The header segment is pre-encoded per key and the subject, issuer, audience and
+//! session claims are pre-serialized JSON, so a mint is one claims buffer, one base64
+//! pass and one signature. `jsonwebtoken::encode` re-parses the PKCS#8 key on every
+//! call; benches/hot.rs compares the two.
+
+use std::fmt;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use keys::{Keyring, Kid, SigningKey};
+
+use crate::Error;
+use crate::metrics::Metrics;
+use crate::session::Session;
+use crate::session::record::json_string;
+
+const BEARER: &str = "Bearer ";
+
+/// A JWT audience: the route's name for the service behind it, pre-serialized as JSON.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Audience {
+    name: Arc<str>,
+    json: Box<str>,
+}
+
+impl Audience {
+    /// Wraps an audience name.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            json: json_string(name).into_boxed_str(),
+        }
+    }
+
+    /// The audience name.
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn shared(&self) -> Arc<str> {
+        self.name.clone()
+    }
+}
+
+impl fmt::Debug for Audience {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Audience({})", self.name)
+    }
+}
+
+/// A signed token, kept as the ready `Authorization` header value `Bearer <jwt>`.
+///
+/// `Debug` never prints the token.
+#[derive(Clone)]
+pub struct SignedJwt {
+    bearer: Bytes,
+    kid: Kid,
+    iat: u64,
+    exp: u64,
+}
+
+impl SignedJwt {
+    /// The compact JWT.
+    pub fn jwt(&self) -> &str {
+        // The buffer was built from a String that starts with BEARER.
+        std::str::from_utf8(&self.bearer[BEARER.len()..]).unwrap_or_default()
+    }
+
+    /// `Bearer <jwt>`, ready to become a header value without copying.
+    pub fn bearer(&self) -> &Bytes {
+        &self.bearer
+    }
+
+    /// The key that signed it.
+    pub fn kid(&self) -> &Kid {
+        &self.kid
+    }
+
+    /// Issued-at (unix seconds).
+    pub fn iat(&self) -> u64 {
+        self.iat
+    }
+
+    /// Expiry (unix seconds).
+    pub fn exp(&self) -> u64 {
+        self.exp
+    }
+
+    /// Whether more than half of its lifetime remains at `now`, so it may be reused.
+    pub fn more_than_half_left(&self, now: u64) -> bool {
+        let lifetime = self.exp.saturating_sub(self.iat);
+        self.exp.saturating_sub(now) * 2 > lifetime
+    }
+}
+
+impl fmt::Debug for SignedJwt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedJwt")
+            .field("kid", &self.kid)
+            .field("iat", &self.iat)
+            .field("exp", &self.exp)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Unique token ids: a random per-process prefix and a counter.
+struct JtiSource {
+    prefix: [u8; 8],
+    counter: AtomicU64,
+}
+
+impl JtiSource {
+    fn new() -> Self {
+        let mut prefix = [0u8; 8];
+        // aws-lc's system RNG only fails if the OS has no entropy source at all.
+        if aws_lc_rs::rand::fill(&mut prefix).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            prefix = (nanos ^ u64::from(std::process::id())).to_le_bytes();
+        }
+        Self {
+            prefix,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next_into(&self, out: &mut String) {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&self.prefix);
+        raw[8..].copy_from_slice(&n.to_be_bytes());
+        URL_SAFE_NO_PAD.encode_string(raw, out);
+    }
+}
+
+/// Signs tokens with the keyring's current key.
+pub struct Minter {
+    keyring: Arc<Keyring>,
+    issuer_json: Box<str>,
+    jti: JtiSource,
+    metrics: Arc<Metrics>,
+}
+
+impl Minter {
+    /// A minter for tokens issued by `issuer`.
+    pub fn new(keyring: Arc<Keyring>, issuer: &str, metrics: Arc<Metrics>) -> Self {
+        Self {
+            keyring,
+            issuer_json: json_string(issuer).into_boxed_str(),
+            jti: JtiSource::new(),
+            metrics,
+        }
+    }
+
+    /// The keyring it signs with.
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    /// Mints a token for `session` and `audience`, valid from `now` for `ttl`.
+    /// `chk` (critical routes) is the time the session was confirmed live.
+    ///
+    /// # Errors
+    /// [`Error::NoSigningKey`] when no key is current; [`Error::Sign`] if signing fails.
+    pub fn mint(
+        &self,
+        session: &Session,
+        audience: &Audience,
+        ttl: Duration,
+        now: u64,
+        chk: Option<u64>,
+    ) -> Result<SignedJwt, Error> {
+        let set = self.keyring.load();
+        let key = set.current().ok_or(Error::NoSigningKey)?;
+        let exp = now + ttl.as_secs();
+        let claims = self.claims_json(session, audience, now, exp, chk);
+        let jwt = sign(key, &claims)?;
+        self.metrics
+            .tokens_minted
+            .with_label_values(&[key.alg().as_str(), key.kid().as_str()])
+            .inc();
+        Ok(SignedJwt {
+            bearer: Bytes::from(jwt),
+            kid: key.kid().clone(),
+            iat: now,
+            exp,
+        })
+    }
+
+    /// The claims object as JSON text.
+    pub fn claims_json(
+        &self,
+        session: &Session,
+        audience: &Audience,
+        iat: u64,
+        exp: u64,
+        chk: Option<u64>,
+    ) -> String {
+        let mut c = String::with_capacity(
+            160 + self.issuer_json.len()
+                + session.subject_json.len()
+                + audience.json.len()
+                + session.claims_json.len(),
+        );
+        // Writing to a String cannot fail.
+        let _ = write!(
+            c,
+            r#"{{"iss":{},"sub":{},"aud":{},"iat":{iat},"nbf":{iat},"exp":{exp},"jti":""#,
+            self.issuer_json, session.subject_json, audience.json,
+        );
+        self.jti.next_into(&mut c);
+        c.push_str(r#"","sid":""#);
+        c.push_str(session.sid.as_str());
+        c.push('"');
+        if let Some(chk) = chk {
+            let _ = write!(c, r#","chk":{chk}"#);
+        }
+        c.push_str(&session.claims_json);
+        c.push('}');
+        c
+    }
+}
+
+/// Builds `Bearer <header>.<claims>.<signature>` with `key`.
+fn sign(key: &SigningKey, claims_json: &str) -> Result<String, Error> {
+    let header = key.header_segment();
+    let mut out =
+        String::with_capacity(BEARER.len() + header.len() + 2 + claims_json.len() * 4 / 3 + 4 + 90);
+    out.push_str(BEARER);
+    out.push_str(header);
+    out.push('.');
+    URL_SAFE_NO_PAD.encode_string(claims_json.as_bytes(), &mut out);
+    let mut signature = String::with_capacity(90);
+    key.sign_into(&out.as_bytes()[BEARER.len()..], &mut signature)
+        .map_err(|source| Error::Sign {
+            kid: key.kid().to_string(),
+            source,
+        })?;
+    out.push('.');
+    out.push_str(&signature);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::record;
+    use crate::{SessionSettings, SessionToken};
+    use keys::{Algorithm, KeySet, RotationPolicy};
+
+    fn minter(alg: Algorithm) -> Minter {
+        keys::install_crypto_provider();
+        let now = keys::unix_now();
+        let record = keys::generate(alg, now - 10, now - 10).unwrap();
+        let policy = RotationPolicy {
+            algorithm: alg,
+            ..RotationPolicy::default()
+        };
+        let set = KeySet::build(&[record], now, &policy).unwrap();
+        Minter::new(
+            Arc::new(Keyring::new(set)),
+            "https://gw.example",
+            Arc::new(Metrics::unregistered()),
+        )
+    }
+
+    fn session() -> Session {
+        let settings = SessionSettings::default();
+        let token = SessionToken::parse("abcdefghijklmnopqrstuvwxyz012345").unwrap();
+        record::decode(
+            br#"{"sub":"user-42","roles":["admin"],"email":"a@example.com","secret":"x"}"#,
+            &token,
+            &settings,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn minted_tokens_verify_with_jsonwebtoken() {
+        for alg in [Algorithm::Es256, Algorithm::EdDsa] {
+            let m = minter(alg);
+            let now = keys::unix_now();
+            let jwt = m
+                .mint(
+                    &session(),
+                    &Audience::new("orders"),
+                    Duration::from_secs(300),
+                    now,
+                    Some(now),
+                )
+                .unwrap();
+            let set = m.keyring().load();
+            let key = set.current().unwrap();
+            let header = jsonwebtoken::decode_header(jwt.jwt()).unwrap();
+            assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+            assert_eq!(header.kid.as_deref(), Some(key.kid().as_str()));
+            let mut v = jsonwebtoken::Validation::new(alg.to_jwt());
+            v.set_audience(&["orders"]);
+            v.set_issuer(&["https://gw.example"]);
+            let decoded = jsonwebtoken::decode::<serde_json::Value>(
+                jwt.jwt(),
+                &jsonwebtoken::DecodingKey::from_jwk(key.jwk()).unwrap(),
+                &v,
+            )
+            .unwrap();
+            let c = decoded.claims;
+            assert_eq!(c["sub"], "user-42");
+            assert_eq!(c["aud"], "orders");
+            assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 300);
+            assert_eq!(c["nbf"], c["iat"]);
+            assert_eq!(c["chk"].as_u64(), Some(now));
+            assert_eq!(c["roles"][0], "admin");
+            assert_eq!(c["email"], "a@example.com");
+            assert!(
+                c.get("secret").is_none(),
+                "unconfigured fields are not copied"
+            );
+            assert_eq!(c["sid"].as_str().unwrap().len(), 22);
+            assert!(jwt.bearer().starts_with(b"Bearer "));
+        }
+    }
+
+    #[test]
+    fn jti_is_unique_and_issuer_is_escaped() {
+        let m = minter(Algorithm::EdDsa);
+        let now = keys::unix_now();
+        let s = session();
+        let aud = Audience::new("a\"b");
+        let a = m.claims_json(&s, &aud, now, now + 1, None);
+        let b = m.claims_json(&s, &aud, now, now + 1, None);
+        let va: serde_json::Value = serde_json::from_str(&a).unwrap();
+        let vb: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_ne!(va["jti"], vb["jti"]);
+        assert_eq!(va["aud"], "a\"b");
+        assert!(va.get("chk").is_none());
+    }
+
+    #[test]
+    fn half_life_rule() {
+        let jwt = SignedJwt {
+            bearer: Bytes::from_static(b"Bearer x"),
+            kid: Kid::from("k"),
+            iat: 1000,
+            exp: 1300,
+        };
+        assert!(jwt.more_than_half_left(1000));
+        assert!(jwt.more_than_half_left(1149));
+        assert!(!jwt.more_than_half_left(1150));
+        assert!(!jwt.more_than_half_left(2000));
+        assert!(!format!("{jwt:?}").contains("Bearer"));
+    }
+}

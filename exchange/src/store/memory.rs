@@ -1,0 +1,116 @@
+//! An in-process session store for `sessiongate dev` and tests.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::SessionStore;
+use crate::Error;
+
+/// A session store kept in memory, with per-key expiry. Not shared between processes.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    values: HashMap<String, (Bytes, Instant)>,
+    sets: HashMap<String, HashSet<String>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        let mut inner = self.inner.lock();
+        match inner.values.get(key) {
+            Some((value, deadline)) if Instant::now() < *deadline => Ok(Some(value.clone())),
+            Some(_) => {
+                inner.values.remove(key);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + ttl;
+        self.inner
+            .lock()
+            .values
+            .insert(key.to_owned(), (Bytes::copy_from_slice(value), deadline));
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, Error> {
+        Ok(self.inner.lock().values.remove(key).is_some())
+    }
+
+    async fn index_add(&self, index: &str, member: &str, _ttl: Duration) -> Result<(), Error> {
+        self.inner
+            .lock()
+            .sets
+            .entry(index.to_owned())
+            .or_default()
+            .insert(member.to_owned());
+        Ok(())
+    }
+
+    async fn index_take(&self, index: &str) -> Result<Vec<String>, Error> {
+        Ok(self
+            .inner
+            .lock()
+            .sets
+            .remove(index)
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default())
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_delete_and_expiry() {
+        let store = MemoryStore::new();
+        store.put("k", b"v", Duration::from_secs(60)).await.unwrap();
+        assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        assert!(store.delete("k").await.unwrap());
+        assert!(!store.delete("k").await.unwrap());
+        assert_eq!(store.get("k").await.unwrap(), None);
+        store.put("e", b"v", Duration::ZERO).await.unwrap();
+        assert_eq!(store.get("e").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn index_take_empties_the_set() {
+        let store = MemoryStore::new();
+        store
+            .index_add("i", "a", Duration::from_secs(1))
+            .await
+            .unwrap();
+        store
+            .index_add("i", "b", Duration::from_secs(1))
+            .await
+            .unwrap();
+        let mut members = store.index_take("i").await.unwrap();
+        members.sort();
+        assert_eq!(members, ["a", "b"]);
+        assert!(store.index_take("i").await.unwrap().is_empty());
+    }
+}

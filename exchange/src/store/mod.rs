@@ -1,0 +1,31 @@
+//! Where sessions live: the `SessionStore` trait, Redis (fred) and in-memory stores.
+
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::Error;
+
+/// A key-value store holding sessions in the documented schema.
+///
+/// Redis in production; [`memory::MemoryStore`] for `sessiongate dev` and unit tests.
+/// Implementations never log keys or values.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Reads a value.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, Error>;
+    /// Writes a value that expires after `ttl`.
+    async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Error>;
+    /// Deletes a key; returns whether it existed.
+    async fn delete(&self, key: &str) -> Result<bool, Error>;
+    /// Adds `member` to the set `index`, keeping the set for at least `ttl`.
+    async fn index_add(&self, index: &str, member: &str, ttl: Duration) -> Result<(), Error>;
+    /// Lists and deletes the set `index`, returning its members.
+    async fn index_take(&self, index: &str) -> Result<Vec<String>, Error>;
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), Error>;
+}

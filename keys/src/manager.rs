@@ -1,0 +1,577 @@
+//! [`KeyManager`]: applies the rotation [`plan`] to a [`KeyStore`] and keeps a
+//! [`Keyring`] current. The gateway's background service calls
+//! [`refresh`](KeyManager::refresh) at the instant it returns (and when the store's
+//! version changes); the CLI calls [`rotate`](KeyManager::rotate) and
+//! [`retire`](KeyManager::retire).
+//!
+//! Replicas sharing a store coordinate through the store's rotation lease
+//! ([`KeyStore::try_lease`]): a refresh that must create a key takes it first, then
+//! reloads and plans again, so that when every replica finds a rotation due at the same
+//! instant exactly one key is created. A replica that finds the lease taken creates
+//! nothing that round and picks up the other replica's key when the store changes.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::rotation::{next_rotation, plan};
+use crate::{
+    Algorithm, Error, KeyRecord, KeySet, KeyStore, Keyring, Kid, RotationPolicy, Transition,
+    UnixTime, generate,
+};
+
+/// What a [`KeyManager::refresh`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RefreshOutcome {
+    /// Keys generated and stored.
+    pub created: Vec<Kid>,
+    /// Keys deleted from the store (retired or expired).
+    pub removed: Vec<Kid>,
+    /// When to refresh again: the earliest of the key set's next state change and the
+    /// next planned rotation (one second from now if [`deferred`](Self::deferred)).
+    /// Polling the store for other replicas' changes is the caller's business.
+    pub next_due: Option<UnixTime>,
+    /// A key had to be created but another process held the rotation lease, so this
+    /// refresh left the creation to it. The keyring was still rebuilt from the store.
+    pub deferred: bool,
+}
+
+/// How long the rotation lease is taken for: far longer than generating and storing a
+/// key takes, short enough that a crashed holder delays the others only briefly.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// Drives a [`KeyStore`] by the [`RotationPolicy`] and publishes the result to a
+/// [`Keyring`]. Calls are serialized within the process.
+pub struct KeyManager {
+    store: Arc<dyn KeyStore>,
+    keyring: Arc<Keyring>,
+    policy: RotationPolicy,
+    /// Serializes refresh/rotate/retire (an async lock, held across store calls on purpose).
+    serial: tokio::sync::Mutex<()>,
+    /// Random per-manager id naming this manager as holder of the store's rotation lease.
+    holder: String,
+}
+
+impl KeyManager {
+    /// A manager of `store` publishing to `keyring`.
+    pub fn new(store: Arc<dyn KeyStore>, keyring: Arc<Keyring>, policy: RotationPolicy) -> Self {
+        KeyManager {
+            store,
+            keyring,
+            policy,
+            serial: tokio::sync::Mutex::new(()),
+            holder: holder_id(),
+        }
+    }
+
+    /// Loads the store, applies [`plan`]`(now)` (generating and adding keys, removing
+    /// retired and expired ones), reloads, builds the [`KeySet`] at `now` and stores it
+    /// in the keyring. The keyring is replaced only when a published key or state
+    /// changed, so [`KeySet::generation`] moves only then.
+    ///
+    /// When the plan creates a key, the store's rotation lease is taken first (for
+    /// [`LEASE_TTL`]); the store is then reloaded and the plan made again, since another
+    /// replica may have just created the key, applied and the lease released. If the
+    /// lease is held elsewhere, no key is created this round
+    /// ([`RefreshOutcome::deferred`]) but removals are applied (they are idempotent)
+    /// and the keyring is rebuilt from what is stored. If this future is dropped while
+    /// holding the lease, the lease lapses after [`LEASE_TTL`].
+    ///
+    /// If a transition fails (for example a read-only store), the others are still
+    /// applied and the keyring is still updated from what the store holds; the first
+    /// failure is then returned.
+    ///
+    /// # Errors
+    /// Store errors, [`Error::KeyGeneration`], or a [`KeySet::build`] error (the keyring
+    /// is then left as it was).
+    pub async fn refresh(&self, now: UnixTime) -> Result<RefreshOutcome, Error> {
+        let _serial = self.serial.lock().await;
+        self.refresh_locked(now, false).await
+    }
+
+    /// Manual rotation: adds a key of the policy's algorithm that signs from
+    /// `now + publish_ahead`, or at once if `immediate`, then refreshes, all under the
+    /// store's rotation lease.
+    ///
+    /// An immediate key activates at `now`, or one second later if an active key of the
+    /// policy's algorithm activated at `now` already, so that the new key is the one
+    /// that wins (activation ties would otherwise be broken by kid).
+    ///
+    /// # Errors
+    /// [`Error::Busy`] if another process holds the rotation lease (nothing was
+    /// changed); otherwise as [`refresh`](Self::refresh), plus the store's `add` error.
+    pub async fn rotate(&self, now: UnixTime, immediate: bool) -> Result<Kid, Error> {
+        let _serial = self.serial.lock().await;
+        if !self.store.try_lease(&self.holder, LEASE_TTL).await? {
+            return Err(Error::Busy);
+        }
+        let result = self.rotate_leased(now, immediate).await;
+        self.release_lease().await;
+        result
+    }
+
+    /// Emergency retirement: marks the key retired in the store, then refreshes. The key
+    /// leaves the JWKS and never signs again. If it was the only active key, the
+    /// refresh creates a replacement that signs at once (see [`plan`] rule 1).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the store has no such key; otherwise as
+    /// [`refresh`](Self::refresh).
+    pub async fn retire(&self, kid: &Kid, now: UnixTime) -> Result<(), Error> {
+        let _serial = self.serial.lock().await;
+        self.store.retire(kid, now).await?;
+        tracing::warn!(%kid, "Retired a signing key.");
+        self.refresh_locked(now, false).await.map(drop)
+    }
+
+    /// The keyring it publishes to.
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    /// The store it drives.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    /// The rotation policy.
+    pub fn policy(&self) -> &RotationPolicy {
+        &self.policy
+    }
+
+    /// [`rotate`](Self::rotate) once the lease is held.
+    async fn rotate_leased(&self, now: UnixTime, immediate: bool) -> Result<Kid, Error> {
+        let activate_at = if immediate {
+            let records = self.store.load().await?;
+            records
+                .iter()
+                .filter(|r| r.retired_at.is_none() && r.alg == self.policy.algorithm)
+                .filter(|r| r.activate_at <= now)
+                .map(|r| r.activate_at.saturating_add(1))
+                .fold(now, UnixTime::max)
+        } else {
+            now.saturating_add(self.policy.publish_ahead.as_secs())
+        };
+        let kid = self.create(self.policy.algorithm, now, activate_at).await?;
+        self.refresh_locked(now, true).await?;
+        Ok(kid)
+    }
+
+    /// Releases the rotation lease; a failure only delays other replicas until the
+    /// lease lapses, so it is logged, not returned.
+    async fn release_lease(&self) {
+        if let Err(error) = self.store.release_lease(&self.holder).await {
+            tracing::warn!(%error, "Releasing the key rotation lease failed; it lapses by itself.");
+        }
+    }
+
+    async fn create(
+        &self,
+        alg: Algorithm,
+        now: UnixTime,
+        activate_at: UnixTime,
+    ) -> Result<Kid, Error> {
+        let record = generate(alg, now, activate_at)?;
+        self.store.add(&record).await?;
+        tracing::info!(kid = %record.kid, %alg, activate_at, "Created a signing key.");
+        Ok(record.kid.clone())
+    }
+
+    /// The body of [`refresh`](Self::refresh); `leased` says the caller holds the lease.
+    async fn refresh_locked(&self, now: UnixTime, leased: bool) -> Result<RefreshOutcome, Error> {
+        let mut records = self.store.load().await?;
+        let mut transitions = plan(now, &records, &self.policy);
+        let mut outcome = RefreshOutcome::default();
+        let mut failure = None;
+        let mut took_lease = false;
+        if !leased && transitions.iter().any(is_create) {
+            match self.store.try_lease(&self.holder, LEASE_TTL).await {
+                Ok(true) => {
+                    took_lease = true;
+                    // Another replica may have created the key since we loaded.
+                    match self.store.load().await {
+                        Ok(reloaded) => records = reloaded,
+                        Err(error) => {
+                            self.release_lease().await;
+                            return Err(error);
+                        }
+                    }
+                    transitions = plan(now, &records, &self.policy);
+                }
+                Ok(false) => {
+                    tracing::debug!(
+                        "Another replica holds the key rotation lease; not creating a key."
+                    );
+                    outcome.deferred = true;
+                    transitions.retain(|t| !is_create(t));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Taking the key rotation lease failed; not creating a key.");
+                    failure = Some(error);
+                    transitions.retain(|t| !is_create(t));
+                }
+            }
+        }
+        for transition in transitions {
+            let result = match &transition {
+                Transition::Create { alg, activate_at } => self
+                    .create(*alg, now, *activate_at)
+                    .await
+                    .map(|kid| outcome.created.push(kid)),
+                Transition::Remove { kid } => self.store.remove(kid).await.map(|()| {
+                    tracing::info!(%kid, "Removed a signing key.");
+                    outcome.removed.push(kid.clone());
+                }),
+            };
+            if let Err(error) = result {
+                tracing::warn!(?transition, %error, "Applying a key transition failed.");
+                failure.get_or_insert(error);
+            }
+        }
+        if took_lease {
+            self.release_lease().await;
+        }
+        if !outcome.created.is_empty() || !outcome.removed.is_empty() {
+            records = self.store.load().await?;
+        }
+        let set = KeySet::build(&records, now, &self.policy)?;
+        outcome.next_due = next_due(now, &set, &records, &self.policy);
+        if outcome.deferred {
+            // Retry soon in case the lease holder dies before storing its key.
+            let soon = now.saturating_add(1);
+            outcome.next_due = Some(outcome.next_due.map_or(soon, |t| t.min(soon)));
+        }
+        if !same_states(&self.keyring.load(), &set) {
+            self.keyring.store(set);
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(outcome),
+        }
+    }
+}
+
+impl fmt::Debug for KeyManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyManager")
+            .field("policy", &self.policy)
+            .field("keyring", &self.keyring)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_create(transition: &Transition) -> bool {
+    matches!(transition, Transition::Create { .. })
+}
+
+/// A random id for this manager as lease holder: 16 random bytes in hex, or, should the
+/// random source fail, the process id, a clock reading and a per-process counter.
+fn holder_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut bytes).is_ok() {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    } else {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{nanos}-{n}", std::process::id())
+    }
+}
+
+/// The earliest of the set's next state change and the next planned rotation, never
+/// earlier than one second from `now`.
+fn next_due(
+    now: UnixTime,
+    set: &KeySet,
+    records: &[KeyRecord],
+    policy: &RotationPolicy,
+) -> Option<UnixTime> {
+    let due = match (set.next_change(), next_rotation(records, policy)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    due.map(|t| t.max(now.saturating_add(1)))
+}
+
+/// Whether two sets publish the same keys in the same states with the same next change.
+fn same_states(old: &KeySet, new: &KeySet) -> bool {
+    old.next_change() == new.next_change()
+        && old.keys().len() == new.keys().len()
+        && old
+            .keys()
+            .iter()
+            .zip(new.keys())
+            .all(|(a, b)| a.kid() == b.kid() && a.state() == b.state())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{KeyState, MemoryStore};
+
+    const H: u64 = 3600;
+
+    fn manager(alg: Algorithm) -> (KeyManager, Arc<MemoryStore>) {
+        let store = Arc::new(MemoryStore::new());
+        let policy = RotationPolicy {
+            algorithm: alg,
+            rotate_every: Duration::from_secs(24 * H),
+            publish_ahead: Duration::from_secs(H),
+            retain_after: Duration::from_secs(600),
+        };
+        let ring = Arc::new(Keyring::default());
+        (KeyManager::new(store.clone(), ring, policy), store)
+    }
+
+    fn current_kid(m: &KeyManager) -> Option<Kid> {
+        m.keyring().load().current().map(|k| k.kid().clone())
+    }
+
+    #[test]
+    fn usable_from_background_services() {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: T) {}
+        let (m, _) = manager(Algorithm::Es256);
+        send_sync(&m);
+        send_sync(&*m.keyring().load_full());
+        send(m.refresh(1));
+        send(m.rotate(1, true));
+        send(m.retire(&Kid::from("a"), 1));
+    }
+
+    #[tokio::test]
+    async fn bootstrap_rotate_and_expire() {
+        let (m, store) = manager(Algorithm::Es256);
+        let t0 = 1_000_000;
+
+        let out = m.refresh(t0).await.unwrap();
+        assert_eq!(out.created.len(), 1);
+        let first = out.created[0].clone();
+        assert_eq!(current_kid(&m), Some(first.clone()));
+        assert_eq!(out.next_due, Some(t0 + 23 * H));
+
+        // Nothing changes before the rotation is due, and the keyring is kept.
+        let generation = m.keyring().load().generation();
+        let out = m.refresh(t0 + 10).await.unwrap();
+        assert_eq!(
+            out,
+            RefreshOutcome {
+                next_due: Some(t0 + 23 * H),
+                ..Default::default()
+            }
+        );
+        assert_eq!(m.keyring().load().generation(), generation);
+
+        // The successor is published an hour ahead.
+        let out = m.refresh(t0 + 23 * H).await.unwrap();
+        assert_eq!(out.created.len(), 1);
+        let second = out.created[0].clone();
+        assert_eq!(out.next_due, Some(t0 + 24 * H));
+        let set = m.keyring().load_full();
+        assert_eq!(current_kid(&m), Some(first.clone()));
+        assert_eq!(set.get(second.as_str()).unwrap().state(), KeyState::Next);
+
+        // It takes over; the first stays published for retain_after, then is removed.
+        let out = m.refresh(t0 + 24 * H).await.unwrap();
+        assert_eq!(out.next_due, Some(t0 + 24 * H + 600));
+        assert_eq!(current_kid(&m), Some(second.clone()));
+        assert!(m.keyring().load().is_published(first.as_str()));
+        let out = m.refresh(t0 + 24 * H + 600).await.unwrap();
+        assert_eq!(out.removed, vec![first.clone()]);
+        assert!(!m.keyring().load().is_published(first.as_str()));
+        assert_eq!(store.load().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn manual_rotation_and_retirement() {
+        let (m, store) = manager(Algorithm::EdDsa);
+        let t0 = 1_000_000;
+        m.refresh(t0).await.unwrap();
+        let first = current_kid(&m).unwrap();
+
+        let ahead = m.rotate(t0 + 5, false).await.unwrap();
+        let set = m.keyring().load_full();
+        assert_eq!(set.get(ahead.as_str()).unwrap().activate_at(), t0 + 5 + H);
+        assert_eq!(set.get(ahead.as_str()).unwrap().alg(), Algorithm::EdDsa);
+        assert_eq!(current_kid(&m), Some(first.clone()));
+
+        // Immediate rotation in the same second as the bootstrap still wins, a second later.
+        let now = m.rotate(t0, true).await.unwrap();
+        let set = m.keyring().load_full();
+        assert_eq!(set.get(now.as_str()).unwrap().activate_at(), t0 + 1);
+        m.refresh(t0 + 1).await.unwrap();
+        assert_eq!(current_kid(&m), Some(now.clone()));
+
+        // Emergency retirement of the current key: it disappears, the older key signs.
+        m.retire(&now, t0 + 2).await.unwrap();
+        let set = m.keyring().load_full();
+        assert!(!set.is_published(now.as_str()));
+        assert_eq!(current_kid(&m), Some(first));
+        assert!(store.load().await.unwrap().iter().all(|r| r.kid != now));
+        assert_eq!(
+            m.retire(&Kid::from("nope"), t0).await.unwrap_err().kind(),
+            "not_found"
+        );
+    }
+
+    #[tokio::test]
+    async fn algorithm_change_migrates_without_gap() {
+        let (m, store) = manager(Algorithm::Es256);
+        let t0 = 1_000_000;
+        m.refresh(t0).await.unwrap();
+        let es = current_kid(&m).unwrap();
+
+        let ed_policy = RotationPolicy {
+            algorithm: Algorithm::EdDsa,
+            ..m.policy().clone()
+        };
+        let m = KeyManager::new(store, m.keyring().clone(), ed_policy);
+        let out = m.refresh(t0 + 10).await.unwrap();
+        assert_eq!(out.created.len(), 1);
+        assert_eq!(current_kid(&m), Some(es.clone()));
+        assert_eq!(out.next_due, Some(t0 + 10 + H));
+
+        m.refresh(t0 + 10 + H).await.unwrap();
+        let set = m.keyring().load_full();
+        assert_eq!(set.current().unwrap().alg(), Algorithm::EdDsa);
+        assert_eq!(set.get(es.as_str()).unwrap().state(), KeyState::Previous);
+    }
+
+    #[tokio::test]
+    async fn emergency_retirement_of_the_only_active_key() {
+        let (m, store) = manager(Algorithm::Es256);
+        let t0 = 1_000_000;
+        m.refresh(t0).await.unwrap();
+        let first = current_kid(&m).unwrap();
+        let next = m.rotate(t0 + 10, false).await.unwrap();
+
+        // Retiring the current key leaves only the pending one: a key that signs at once
+        // is created, and the pending key still takes over on schedule.
+        m.retire(&first, t0 + 20).await.unwrap();
+        let set = m.keyring().load_full();
+        let emergency = set.current().expect("a current key").kid().clone();
+        assert_ne!(emergency, first);
+        assert_ne!(emergency, next);
+        assert_eq!(set.get(next.as_str()).unwrap().state(), KeyState::Next);
+        assert!(!set.is_published(first.as_str()));
+        assert_eq!(store.load().await.unwrap().len(), 2);
+
+        m.refresh(t0 + 10 + H).await.unwrap();
+        assert_eq!(current_kid(&m), Some(next));
+    }
+
+    /// A store whose rotation lease is always held by someone else.
+    struct LeaseHeld(MemoryStore);
+
+    #[async_trait::async_trait]
+    impl KeyStore for LeaseHeld {
+        async fn load(&self) -> Result<Vec<KeyRecord>, Error> {
+            self.0.load().await
+        }
+        async fn add(&self, record: &KeyRecord) -> Result<(), Error> {
+            self.0.add(record).await
+        }
+        async fn retire(&self, kid: &Kid, now: UnixTime) -> Result<(), Error> {
+            self.0.retire(kid, now).await
+        }
+        async fn remove(&self, kid: &Kid) -> Result<(), Error> {
+            self.0.remove(kid).await
+        }
+        async fn version(&self) -> Result<String, Error> {
+            self.0.version().await
+        }
+        async fn try_lease(&self, _: &str, _: Duration) -> Result<bool, Error> {
+            Ok(false)
+        }
+    }
+
+    #[tokio::test]
+    async fn held_lease_defers_creation_but_not_removal() {
+        let t0 = 1_000_000;
+        let old = generate(Algorithm::Es256, t0 - 30 * H, t0 - 30 * H).unwrap();
+        let retired = generate(Algorithm::Es256, t0 - 40 * H, t0 - 40 * H).unwrap();
+        let store = Arc::new(LeaseHeld(MemoryStore::with_records(vec![
+            old.clone(),
+            store_retired(&retired, t0),
+        ])));
+        let m = KeyManager::new(
+            store.clone(),
+            Arc::new(Keyring::default()),
+            RotationPolicy::default(),
+        );
+
+        // A rotation is due, but another replica holds the lease: no key is created,
+        // the retired key is still removed, the keyring is built, and it retries soon.
+        let out = m.refresh(t0).await.unwrap();
+        assert!(out.deferred);
+        assert!(out.created.is_empty());
+        assert_eq!(out.removed, vec![retired.kid.clone()]);
+        assert_eq!(out.next_due, Some(t0 + 1));
+        assert_eq!(current_kid(&m), Some(old.kid.clone()));
+        assert_eq!(store.load().await.unwrap(), vec![old]);
+
+        // A manual rotation refuses at once and changes nothing.
+        assert_eq!(m.rotate(t0, true).await.unwrap_err().kind(), "busy");
+        assert_eq!(store.load().await.unwrap().len(), 1);
+
+        // Starting empty: no key, and nothing to sign with until the lease holder's
+        // key appears.
+        let empty = Arc::new(LeaseHeld(MemoryStore::new()));
+        let m = KeyManager::new(
+            empty.clone(),
+            Arc::new(Keyring::default()),
+            RotationPolicy::default(),
+        );
+        let out = m.refresh(t0).await.unwrap();
+        assert!(out.deferred);
+        assert_eq!(out.next_due, Some(t0 + 1));
+        assert!(empty.load().await.unwrap().is_empty());
+        assert_eq!(current_kid(&m), None);
+    }
+
+    fn store_retired(record: &KeyRecord, at: UnixTime) -> KeyRecord {
+        KeyRecord {
+            retired_at: Some(at),
+            ..record.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_transition_still_updates_the_keyring() {
+        /// A store that refuses writes, like a read-only Secret mount.
+        struct ReadOnly(MemoryStore);
+
+        #[async_trait::async_trait]
+        impl KeyStore for ReadOnly {
+            async fn load(&self) -> Result<Vec<KeyRecord>, Error> {
+                self.0.load().await
+            }
+            async fn add(&self, _: &KeyRecord) -> Result<(), Error> {
+                Err(Error::backend("test", "read-only"))
+            }
+            async fn retire(&self, _: &Kid, _: UnixTime) -> Result<(), Error> {
+                Err(Error::backend("test", "read-only"))
+            }
+            async fn remove(&self, _: &Kid) -> Result<(), Error> {
+                Err(Error::backend("test", "read-only"))
+            }
+            async fn version(&self) -> Result<String, Error> {
+                self.0.version().await
+            }
+        }
+
+        let t0 = 1_000_000;
+        let old = generate(Algorithm::Es256, t0 - 30 * H, t0 - 30 * H).unwrap();
+        let store = Arc::new(ReadOnly(MemoryStore::with_records(vec![old.clone()])));
+        let ring = Arc::new(Keyring::default());
+        let m = KeyManager::new(store, ring, RotationPolicy::default());
+        let err = m.refresh(t0).await.unwrap_err();
+        assert_eq!(err.kind(), "backend");
+        assert_eq!(current_kid(&m), Some(old.kid));
+    }
+}
