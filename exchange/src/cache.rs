@@ -11,11 +11,13 @@
 //! be exceeded.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use prometheus::IntCounter;
 use quick_cache::sync::{Cache, PlaceholderGuard};
-use quick_cache::{DefaultHashBuilder, Weighter};
+use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 
 use crate::mint::SignedJwt;
 use crate::session::Session;
@@ -93,22 +95,39 @@ impl Weighter<[u8; 32], Arc<Entry>> for EntryWeighter {
     }
 }
 
-type Inner = Cache<[u8; 32], Arc<Entry>, EntryWeighter>;
+/// Counts evictions (entries pushed out by the size bounds).
+#[derive(Clone)]
+pub struct EvictionCounter(IntCounter);
+
+impl Lifecycle<[u8; 32], Arc<Entry>> for EvictionCounter {
+    type RequestState = ();
+
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _state: &mut Self::RequestState, _key: [u8; 32], _val: Arc<Entry>) {
+        self.0.inc();
+    }
+}
+
+type Inner = Cache<[u8; 32], Arc<Entry>, EntryWeighter, DefaultHashBuilder, EvictionCounter>;
 /// A claim on loading one key: other lookups of the same key wait for it.
-pub type LoadGuard<'a> = PlaceholderGuard<
-    'a,
-    [u8; 32],
-    Arc<Entry>,
-    EntryWeighter,
-    DefaultHashBuilder,
-    quick_cache::sync::DefaultLifecycle<[u8; 32], Arc<Entry>>,
->;
+pub type LoadGuard<'a> =
+    PlaceholderGuard<'a, [u8; 32], Arc<Entry>, EntryWeighter, DefaultHashBuilder, EvictionCounter>;
+
+/// Number of invalidation generation buckets (indexed by the first digest byte).
+const GENERATION_BUCKETS: usize = 256;
 
 /// Bounded session cache with per-entry trust windows and lookup coalescing.
+///
+/// Invalidations (from the push channel or a live lookup) and store reads race: a
+/// `GET` reply and the invalidation of a `DEL` that followed it arrive on different
+/// connections. Each key maps to a generation counter that every invalidation bumps;
+/// a load inserts only if its bucket's generation did not move while it was in flight.
 pub struct SessionCache {
     inner: Option<Inner>,
     ttl: Duration,
     negative_ttl: Duration,
+    generations: Box<[AtomicU64]>,
 }
 
 /// The result of asking the cache.
@@ -122,15 +141,59 @@ pub enum Probe<'a> {
 impl SessionCache {
     /// A cache holding at most `max_entries` entries and `max_bytes` bytes.
     /// A zero `ttl` disables it.
-    pub fn new(ttl: Duration, negative_ttl: Duration, max_entries: usize, max_bytes: u64) -> Self {
+    pub fn new(
+        ttl: Duration,
+        negative_ttl: Duration,
+        max_entries: usize,
+        max_bytes: u64,
+        evictions: IntCounter,
+    ) -> Self {
         let inner = (!ttl.is_zero() && max_entries > 0).then(|| {
             let floor = (max_bytes / max_entries as u64).max(1);
-            Cache::with_weighter(max_entries, max_bytes, EntryWeighter { floor })
+            Cache::with(
+                max_entries,
+                max_bytes,
+                EntryWeighter { floor },
+                DefaultHashBuilder::default(),
+                EvictionCounter(evictions),
+            )
         });
         Self {
             inner,
             ttl,
             negative_ttl: negative_ttl.min(ttl),
+            generations: (0..GENERATION_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn bucket(&self, key: &[u8; 32]) -> &AtomicU64 {
+        &self.generations[usize::from(key[0]) % GENERATION_BUCKETS]
+    }
+
+    /// The invalidation generation of `key`'s bucket; read it before a store read.
+    pub fn generation(&self, key: &[u8; 32]) -> u64 {
+        self.bucket(key).load(Ordering::Acquire)
+    }
+
+    /// Inserts `entry` through `guard` (or directly) unless `key` was invalidated since
+    /// `generation` was read. Returns whether it was inserted.
+    pub fn insert_if_current(
+        &self,
+        key: [u8; 32],
+        entry: Arc<Entry>,
+        generation: u64,
+        guard: Option<LoadGuard<'_>>,
+    ) -> bool {
+        if self.generation(&key) != generation {
+            // Dropping the guard wakes waiters, which load again themselves.
+            return false;
+        }
+        match guard {
+            Some(guard) => guard.insert(entry).is_ok(),
+            None => {
+                self.insert(key, entry);
+                true
+            }
         }
     }
 
@@ -181,13 +244,18 @@ impl SessionCache {
         }
     }
 
-    /// Drops the entry for `key` and with it every token minted for it.
+    /// Drops the entry for `key` and with it every token minted for it; loads of `key`
+    /// already in flight will not be cached.
     pub fn invalidate(&self, key: &[u8; 32]) -> bool {
+        self.bucket(key).fetch_add(1, Ordering::AcqRel);
         self.inner.as_ref().and_then(|c| c.remove(key)).is_some()
     }
 
-    /// Drops everything.
+    /// Drops everything; loads in flight will not be cached.
     pub fn clear(&self) {
+        for g in self.generations.iter() {
+            g.fetch_add(1, Ordering::AcqRel);
+        }
         if let Some(inner) = &self.inner {
             inner.clear();
         }
@@ -213,12 +281,17 @@ impl SessionCache {
 mod tests {
     use super::*;
 
+    fn counter() -> IntCounter {
+        IntCounter::new("evictions", "test").unwrap()
+    }
+
     fn cache(ttl_ms: u64) -> SessionCache {
         SessionCache::new(
             Duration::from_millis(ttl_ms),
             Duration::from_millis(ttl_ms / 2),
             1000,
             DEFAULT_MAX_BYTES,
+            counter(),
         )
     }
 
@@ -246,7 +319,13 @@ mod tests {
 
     #[tokio::test]
     async fn disabled_cache_never_hits() {
-        let c = SessionCache::new(Duration::ZERO, Duration::ZERO, 10, DEFAULT_MAX_BYTES);
+        let c = SessionCache::new(
+            Duration::ZERO,
+            Duration::ZERO,
+            10,
+            DEFAULT_MAX_BYTES,
+            counter(),
+        );
         assert!(!c.is_enabled());
         c.insert([1; 32], Arc::new(Entry::new(None, Instant::now())));
         assert!(matches!(
@@ -257,11 +336,13 @@ mod tests {
 
     #[test]
     fn entry_bound_is_enforced() {
+        let evictions = counter();
         let c = SessionCache::new(
             Duration::from_secs(5),
             Duration::from_secs(1),
             100,
             DEFAULT_MAX_BYTES,
+            evictions.clone(),
         );
         let now = Instant::now();
         for i in 0..1000u32 {
@@ -271,5 +352,50 @@ mod tests {
         }
         assert!(c.len() <= 100, "len {}", c.len());
         assert!(c.len() >= 50, "len {}", c.len());
+        assert!(evictions.get() >= 900, "evictions {}", evictions.get());
+    }
+
+    #[test]
+    fn byte_bound_is_enforced() {
+        // 64 KiB for up to 10_000 entries: each entry weighs at least its real size.
+        let c = SessionCache::new(
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+            10_000,
+            64 * 1024,
+            counter(),
+        );
+        let now = Instant::now();
+        for i in 0..1000u32 {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            c.insert(key, Arc::new(Entry::new(None, now)));
+        }
+        let per_entry = 32 + 16 + std::mem::size_of::<Entry>() + 16 * 600;
+        assert!(c.len() * per_entry <= 64 * 1024, "len {}", c.len());
+    }
+
+    #[tokio::test]
+    async fn invalidation_during_a_load_prevents_caching_it() {
+        let c = cache(10_000);
+        let key = [9u8; 32];
+        let now = Instant::now();
+        let Probe::Load(guard, _) = c.probe(&key, now).await else {
+            panic!("expected load")
+        };
+        let generation = c.generation(&key);
+        // The invalidation of a DEL arrives while the GET reply is in flight.
+        c.invalidate(&key);
+        assert!(!c.insert_if_current(key, Arc::new(Entry::new(None, now)), generation, guard));
+        assert!(c.peek(&key).is_none());
+        // A load that saw no invalidation is cached.
+        let Probe::Load(guard, _) = c.probe(&key, now).await else {
+            panic!("expected load")
+        };
+        let generation = c.generation(&key);
+        assert!(c.insert_if_current(key, Arc::new(Entry::new(None, now)), generation, guard));
+        assert!(c.peek(&key).is_some());
+        c.clear();
+        assert!(c.peek(&key).is_none());
     }
 }

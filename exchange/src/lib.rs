@@ -22,6 +22,7 @@ pub mod cookie;
 mod error;
 pub mod metrics;
 pub mod mint;
+pub mod push;
 pub mod revocation;
 pub mod session;
 pub mod store;
@@ -65,7 +66,7 @@ pub struct Resolved {
 /// Session lookups and token issuance over a store, a cache and a minter.
 pub struct Exchange {
     store: Arc<dyn SessionStore>,
-    cache: SessionCache,
+    cache: Arc<SessionCache>,
     settings: SessionSettings,
     minter: Minter,
     metrics: Arc<Metrics>,
@@ -84,10 +85,11 @@ impl Exchange {
             settings.negative_cache_ttl,
             settings.cache_max_entries,
             cache::DEFAULT_MAX_BYTES,
+            metrics.session_cache.with_label_values(&["eviction"]),
         );
         Self {
             store,
-            cache,
+            cache: Arc::new(cache),
             settings,
             minter,
             metrics,
@@ -107,6 +109,16 @@ impl Exchange {
     /// The session cache.
     pub fn cache(&self) -> &SessionCache {
         &self.cache
+    }
+
+    /// A shared handle on the session cache (for the invalidation channel).
+    pub fn shared_cache(&self) -> Arc<SessionCache> {
+        self.cache.clone()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The minter.
@@ -151,16 +163,25 @@ impl Exchange {
         now: Instant,
         unix: u64,
     ) -> Result<Resolved, Error> {
-        match self.cache.probe(token.digest(), now).await {
-            Probe::Hit(entry) => Ok(classify(entry, None, Source::Cache, unix, false)),
+        let key = token.digest();
+        match self.cache.probe(key, now).await {
+            Probe::Hit(entry) => {
+                self.metrics.session_cache.with_label_values(&["hit"]).inc();
+                self.metrics
+                    .cached_session_age
+                    .observe(now.saturating_duration_since(entry.fetched).as_secs_f64());
+                Ok(classify(entry, None, Source::Cache, unix, false))
+            }
             Probe::Load(guard, stale) => {
-                let entry = Arc::new(Entry::new(self.fetch(token).await?, now));
-                match guard {
-                    Some(guard) => {
-                        let _ = guard.insert(entry.clone());
-                    }
-                    None => self.cache.insert(*token.digest(), entry.clone()),
+                if self.cache.is_enabled() {
+                    self.metrics
+                        .session_cache
+                        .with_label_values(&["miss"])
+                        .inc();
                 }
+                let generation = self.cache.generation(key);
+                let entry = Arc::new(Entry::new(self.fetch(token).await?, now));
+                self.insert_fetched(*key, &entry, generation, guard);
                 Ok(classify(entry, stale, Source::Redis, unix, false))
             }
         }
@@ -172,12 +193,18 @@ impl Exchange {
         now: Instant,
         unix: u64,
     ) -> Result<Resolved, Error> {
-        let previous = self.cache.peek(token.digest());
+        let key = token.digest();
+        let previous = self.cache.peek(key);
+        let generation = self.cache.generation(key);
         let session = match self.fetch(token).await {
             Ok(s) => s,
             Err(e) => {
+                self.metrics
+                    .critical_checks
+                    .with_label_values(&["error"])
+                    .inc();
                 if matches!(e, Error::Corrupt { .. }) {
-                    self.cache.invalidate(token.digest());
+                    self.cache.invalidate(key);
                 }
                 return Err(e);
             }
@@ -185,8 +212,37 @@ impl Exchange {
         let entry = Arc::new(Entry::new(session, now));
         // Refresh the cache with what the store just said; a deleted session takes its
         // cached tokens with it.
-        self.cache.insert(*token.digest(), entry.clone());
-        Ok(classify(entry, previous, Source::Redis, unix, true))
+        self.insert_fetched(*key, &entry, generation, None);
+        let resolved = classify(entry, previous, Source::Redis, unix, true);
+        self.metrics
+            .critical_checks
+            .with_label_values(&[resolved.lookup.result_label()])
+            .inc();
+        Ok(resolved)
+    }
+
+    fn insert_fetched(
+        &self,
+        key: [u8; 32],
+        entry: &Arc<Entry>,
+        generation: u64,
+        guard: Option<cache::LoadGuard<'_>>,
+    ) {
+        if !self.cache.is_enabled() {
+            return;
+        }
+        if !self
+            .cache
+            .insert_if_current(key, entry.clone(), generation, guard)
+        {
+            // An invalidation raced this read: answer with it, but do not cache it.
+            // Whatever is cached for the key is older than that invalidation: drop it.
+            self.metrics
+                .session_cache
+                .with_label_values(&["raced_invalidation"])
+                .inc();
+            self.cache.invalidate(&key);
+        }
     }
 
     async fn fetch(&self, token: &SessionToken) -> Result<Option<Arc<Session>>, Error> {

@@ -1,6 +1,8 @@
 //! Prometheus metrics owned by the exchange crate.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Metric families for session lookups, Redis commands and minting.
 pub struct Metrics {
@@ -14,6 +16,16 @@ pub struct Metrics {
     pub token_cache: IntCounterVec,
     /// `sessiongate_revocation_events_total{kind}`.
     pub revocation_events: IntCounterVec,
+    /// `sessiongate_session_cache_events_total{event}`: hit, miss, eviction, invalidation, flush, raced_invalidation.
+    pub session_cache: IntCounterVec,
+    /// `sessiongate_session_cache_age_seconds`: age of a cached session when it is used.
+    pub cached_session_age: Histogram,
+    /// `sessiongate_revocation_push_connected`: 1 while the invalidation channel is armed.
+    pub push_connected: IntGauge,
+    /// `sessiongate_revocation_invalidations_total`: invalidation messages received.
+    pub invalidations: IntCounter,
+    /// `sessiongate_critical_checks_total{result}`: live session checks on critical routes.
+    pub critical_checks: IntCounterVec,
 }
 
 impl Metrics {
@@ -28,6 +40,11 @@ impl Metrics {
         registry.register(Box::new(m.tokens_minted.clone()))?;
         registry.register(Box::new(m.token_cache.clone()))?;
         registry.register(Box::new(m.revocation_events.clone()))?;
+        registry.register(Box::new(m.session_cache.clone()))?;
+        registry.register(Box::new(m.cached_session_age.clone()))?;
+        registry.register(Box::new(m.push_connected.clone()))?;
+        registry.register(Box::new(m.invalidations.clone()))?;
+        registry.register(Box::new(m.critical_checks.clone()))?;
         Ok(m)
     }
 
@@ -78,6 +95,40 @@ impl Metrics {
                     "Revocations seen or performed, by kind.",
                 ),
                 &["kind"],
+            )
+            .unwrap(),
+            session_cache: IntCounterVec::new(
+                Opts::new(
+                    "sessiongate_session_cache_events_total",
+                    "Session cache events: hit, miss, eviction, invalidation, flush, raced_invalidation.",
+                ),
+                &["event"],
+            )
+            .unwrap(),
+            cached_session_age: Histogram::with_opts(
+                HistogramOpts::new(
+                    "sessiongate_session_cache_age_seconds",
+                    "Age of a cached session when a non-critical request used it.",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 30.0, 60.0]),
+            )
+            .unwrap(),
+            push_connected: IntGauge::new(
+                "sessiongate_revocation_push_connected",
+                "1 while the Redis invalidation (CLIENT TRACKING) channel is armed, else 0.",
+            )
+            .unwrap(),
+            invalidations: IntCounter::new(
+                "sessiongate_revocation_invalidations_total",
+                "Session key invalidations received from Redis.",
+            )
+            .unwrap(),
+            critical_checks: IntCounterVec::new(
+                Opts::new(
+                    "sessiongate_critical_checks_total",
+                    "Live session checks on critical routes, by outcome.",
+                ),
+                &["result"],
             )
             .unwrap(),
         }

@@ -83,12 +83,12 @@ pub enum Error {
         reason: String,
     },
     /// A store implemented outside this crate (e.g. Redis) failed.
-    #[error("{store} key store: {source}")]
+    #[error("{store} key store: {cause}")]
     Backend {
         /// A short, bounded name of the store (e.g. "redis").
         store: &'static str,
-        /// The underlying error.
-        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        /// The underlying error (shown in the message, so not chained as a source).
+        cause: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// A key-encryption key could not be read.
     #[error("invalid key-encryption key: {reason}")]
@@ -146,7 +146,7 @@ impl Error {
     ) -> Self {
         Error::Backend {
             store,
-            source: source.into(),
+            cause: source.into(),
         }
     }
 

@@ -35,6 +35,26 @@ pub fn user_index_key(prefix: &str, subject: &str) -> String {
     format!("{prefix}user:{subject}")
 }
 
+/// The cookie digest a session key refers to, or `None` for keys outside the schema.
+///
+/// The inverse of [`redis_key`]: used to apply invalidations pushed by Redis.
+pub fn key_digest(key: &str, prefix: &str, hashed: bool) -> Option<[u8; 32]> {
+    let rest = key.strip_prefix(prefix)?;
+    if hashed {
+        if rest.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in rest.as_bytes().chunks(2).enumerate() {
+            let hex = std::str::from_utf8(pair).ok()?;
+            out[i] = u8::from_str_radix(hex, 16).ok()?;
+        }
+        Some(out)
+    } else {
+        SessionToken::parse(rest).ok().map(|t| *t.digest())
+    }
+}
+
 /// Appends lowercase hex of `bytes` to `out`.
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
     for b in bytes {
@@ -217,6 +237,28 @@ mod tests {
             decode(huge.as_bytes(), &t, &s),
             Err(RecordError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn key_digest_inverts_redis_key() {
+        let t = token();
+        assert_eq!(
+            key_digest(&redis_key("p:", &t, true), "p:", true),
+            Some(*t.digest())
+        );
+        assert_eq!(
+            key_digest(&redis_key("p:", &t, false), "p:", false),
+            Some(*t.digest())
+        );
+        for other in [
+            "p:user:alice",
+            "q:abc",
+            "p:",
+            "p:keyring",
+            &format!("p:{}", "zz".repeat(32)),
+        ] {
+            assert_eq!(key_digest(other, "p:", true), None, "{other}");
+        }
     }
 
     #[test]

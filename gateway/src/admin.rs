@@ -1,0 +1,100 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` and the JWKS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::Registry;
+
+use crate::jwks;
+use crate::metrics::Metrics;
+use exchange::store::SessionStore;
+
+/// Serves the admin endpoints.
+pub struct Admin {
+    /// Every metric family of the process.
+    pub registry: Registry,
+    /// Gateway metrics (key gauges are refreshed on scrape).
+    pub metrics: Arc<Metrics>,
+    /// The keyring whose JWKS is published.
+    pub keyring: Arc<keys::Keyring>,
+    /// The session store whose health decides readiness.
+    pub store: Arc<dyn SessionStore>,
+    /// How long a readiness probe waits for Redis.
+    pub ready_timeout: Duration,
+    /// `Cache-Control` max-age of the JWKS.
+    pub jwks_max_age: Duration,
+}
+
+fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+impl Admin {
+    /// Whether the gateway can serve: Redis answers and a signing key is loaded.
+    pub async fn readiness(&self) -> Result<(), &'static str> {
+        if self.keyring.load().current().is_none() {
+            return Err("no signing key loaded");
+        }
+        match tokio::time::timeout(self.ready_timeout, self.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("redis unavailable"),
+            Err(_) => Err("redis timed out"),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_owned();
+        match path.as_str() {
+            "/healthz" => text(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => match self.readiness().await {
+                Ok(()) => text(200, "text/plain", b"ready\n".to_vec()),
+                Err(why) => text(
+                    503,
+                    "text/plain",
+                    format!("not ready: {why}\n").into_bytes(),
+                ),
+            },
+            "/metrics" => {
+                self.metrics
+                    .observe_keys(&self.keyring.load(), keys::unix_now());
+                text(
+                    200,
+                    "text/plain; version=0.0.4",
+                    crate::metrics::render(&self.registry),
+                )
+            }
+            jwks::PATH => {
+                let set = self.keyring.load_full();
+                match jwks::response(set.jwks(), session.req_header(), self.jwks_max_age) {
+                    Ok((header, body)) => {
+                        let mut resp = Response::builder().status(header.status);
+                        for (name, value) in header.headers.iter() {
+                            resp = resp.header(name, value);
+                        }
+                        resp.body(body.to_vec())
+                            .unwrap_or_else(|_| Response::new(Vec::new()))
+                    }
+                    Err(_) => text(500, "text/plain", b"jwks unavailable\n".to_vec()),
+                }
+            }
+            _ => text(
+                404,
+                "application/json",
+                br#"{"error":"not_found"}"#.to_vec(),
+            ),
+        }
+    }
+}

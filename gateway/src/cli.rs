@@ -1,0 +1,404 @@
+//! The `sessiongate` command line (clap): run, dev, config check, keys, session, token.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use exchange::store::SessionStore;
+use exchange::store::redis::RedisStore;
+
+use crate::config::Config;
+use crate::server::{self, SessionBackend};
+
+/// sessiongate: session cookies in, short-lived JWTs out.
+#[derive(Debug, Parser)]
+#[command(name = "sessiongate", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The config file argument shared by most commands.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArg {
+    /// Path to the TOML config.
+    #[arg(long, env = "SESSIONGATE_CONFIG", value_name = "PATH")]
+    pub config: PathBuf,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (proxy listener + admin listener).
+    Run {
+        /// The config.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Take over the listening sockets of a running instance (zero-downtime upgrade).
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// A one-command local demo: in-memory sessions, an echo upstream, printed curl commands.
+    Dev(crate::dev::DevArgs),
+    /// Inspect configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Inspect and drive the signing keyring.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Create and revoke sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Debug tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate; print the effective config, or every error with where it is.
+    Check(ConfigArg),
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List keys with their states.
+    List(ConfigArg),
+    /// Add a new key; it signs after `publish_ahead` (or at once with --now).
+    Rotate {
+        /// The config.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Make the new key current immediately (verifiers that cache the JWKS may reject
+        /// its tokens until they refetch).
+        #[arg(long)]
+        now: bool,
+    },
+    /// Emergency: stop publishing and using a key at once.
+    Retire {
+        /// The config.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The key id.
+        kid: String,
+    },
+}
+
+/// `session` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Write a session in the documented schema and print its cookie value.
+    Create {
+        /// The config.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The subject.
+        #[arg(long)]
+        sub: String,
+        /// Extra claim `name=value`; the value is parsed as JSON when it can be, else kept as a string.
+        #[arg(long = "claim", value_name = "K=V")]
+        claims: Vec<String>,
+        /// Lifetime.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Revoke one session; `-` reads the cookie value from stdin (keeps it out of shell history).
+    Revoke {
+        /// The config.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The cookie value, or `-`.
+        token: String,
+    },
+    /// Revoke every session of a subject.
+    RevokeUser {
+        /// The config.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The subject.
+        sub: String,
+    },
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Decode a JWT's header and claims without verifying it; `-` reads stdin.
+    Inspect {
+        /// The JWT, or `-`.
+        jwt: String,
+    },
+}
+
+/// A usage or configuration error: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// [`UsageError`] (exit 2) for bad input or config; anything else is a runtime failure (exit 1).
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config, upgrade } => {
+            let config = load(&config.config)?;
+            crate::telemetry::init(&config.log);
+            let assembly = server::assemble(&config, SessionBackend::Redis, upgrade)?;
+            tracing::info!(listen = %config.server.listen, admin = %config.server.admin_listen, "sessiongate starting.");
+            server::run(assembly);
+            Ok(())
+        }
+        Command::Dev(args) => crate::dev::run(args),
+        Command::Config(ConfigCommand::Check(arg)) => {
+            let config = load(&arg.config)?;
+            print!("{}", config.to_effective_toml());
+            Ok(())
+        }
+        Command::Keys(cmd) => keys_command(cmd),
+        Command::Session(cmd) => session_command(cmd),
+        Command::Token(TokenCommand::Inspect { jwt }) => {
+            let jwt = read_arg(&jwt)?;
+            println!("{}", inspect(&jwt)?);
+            Ok(())
+        }
+    }
+}
+
+/// Loads and validates a config file, turning every error into one [`UsageError`].
+///
+/// # Errors
+/// [`UsageError`] listing every problem.
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|errors| {
+        let mut msg = format!("{} has {} error(s):", path.display(), errors.len());
+        for e in errors {
+            msg.push_str("\n  ");
+            msg.push_str(&e.to_string());
+        }
+        anyhow::Error::new(UsageError(msg))
+    })
+}
+
+fn read_arg(value: &str) -> anyhow::Result<String> {
+    if value != "-" {
+        return Ok(value.trim().to_owned());
+    }
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .context("reading stdin")?;
+    Ok(s.trim().to_owned())
+}
+
+/// Decodes a JWT's header and claims as pretty JSON, without verification.
+///
+/// # Errors
+/// [`UsageError`] when it is not a JWT.
+pub fn inspect(jwt: &str) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    if parts.len() != 3 {
+        return Err(
+            UsageError("not a compact JWT (expected three dot-separated parts)".into()).into(),
+        );
+    }
+    let decode = |part: &str, what: &str| -> anyhow::Result<serde_json::Value> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| UsageError(format!("{what} is not base64url")))?;
+        serde_json::from_slice(&raw).map_err(|_| UsageError(format!("{what} is not JSON")).into())
+    };
+    let out = serde_json::json!({
+        "header": decode(parts[0], "header")?,
+        "claims": decode(parts[1], "claims")?,
+        "verified": false,
+    });
+    Ok(serde_json::to_string_pretty(&out)?)
+}
+
+/// A runtime and a connected Redis store for one-shot commands.
+fn redis_for(config: &Config) -> anyhow::Result<(tokio::runtime::Runtime, RedisStore)> {
+    let rt = server::background_runtime()?;
+    let store = rt.block_on(async {
+        let store = RedisStore::connect(
+            &server::redis_settings(config),
+            Arc::new(exchange::Metrics::unregistered()),
+        )?;
+        store.wait_connected(Duration::from_secs(5)).await?;
+        Ok::<_, exchange::Error>(store)
+    })?;
+    Ok((rt, store))
+}
+
+fn session_command(cmd: SessionCommand) -> anyhow::Result<()> {
+    match cmd {
+        SessionCommand::Create {
+            config,
+            sub,
+            claims,
+            ttl,
+        } => {
+            let config = load(&config.config)?;
+            let mut map = serde_json::Map::new();
+            for pair in claims {
+                let (k, v) = pair.split_once('=').ok_or_else(|| {
+                    UsageError(format!("--claim expects name=value, got `{pair}`"))
+                })?;
+                let value = serde_json::from_str(v)
+                    .unwrap_or_else(|_| serde_json::Value::String(v.to_owned()));
+                map.insert(k.to_owned(), value);
+            }
+            let (rt, store) = redis_for(&config)?;
+            let settings = server::session_settings(&config);
+            let created = rt
+                .block_on(exchange::revocation::create_session(
+                    &store,
+                    &settings,
+                    &sub,
+                    map,
+                    ttl,
+                    exchange::unix_now(),
+                ))
+                .map_err(|e| match e {
+                    exchange::Error::Config(m) => anyhow::Error::new(UsageError(m)),
+                    other => other.into(),
+                })?;
+            println!("{}", created.token.expose());
+            Ok(())
+        }
+        SessionCommand::Revoke { config, token } => {
+            let config = load(&config.config)?;
+            let raw = read_arg(&token)?;
+            let token =
+                exchange::SessionToken::parse(&raw).map_err(|e| UsageError(e.to_string()))?;
+            let (rt, store) = redis_for(&config)?;
+            let existed = rt.block_on(exchange::revocation::revoke(
+                &store,
+                &server::session_settings(&config),
+                &token,
+            ))?;
+            println!(
+                "{}",
+                if existed {
+                    "revoked"
+                } else {
+                    "no such session"
+                }
+            );
+            Ok(())
+        }
+        SessionCommand::RevokeUser { config, sub } => {
+            let config = load(&config.config)?;
+            let (rt, store) = redis_for(&config)?;
+            let n = rt.block_on(exchange::revocation::revoke_user(
+                &store,
+                &server::session_settings(&config),
+                &sub,
+            ))?;
+            println!("revoked {n} session(s)");
+            Ok(())
+        }
+    }
+}
+
+fn keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
+    let (config_path, action) = match &cmd {
+        KeysCommand::List(c) => (&c.config, "list"),
+        KeysCommand::Rotate { config, .. } => (&config.config, "rotate"),
+        KeysCommand::Retire { config, .. } => (&config.config, "retire"),
+    };
+    let config = load(config_path)?;
+    keys::install_crypto_provider();
+    // The Redis connection lives on the runtime that created it: keep that one.
+    let (rt, redis) = match config.keys.store {
+        crate::config::KeyStoreConfig::Redis => {
+            let (rt, store) = redis_for(&config)?;
+            (rt, Some(store))
+        }
+        crate::config::KeyStoreConfig::File { .. } => (server::background_runtime()?, None),
+    };
+    let store = server::key_store(&config, redis.as_ref())?;
+    let keyring = Arc::new(keys::Keyring::new(keys::KeySet::empty()));
+    let manager = keys::KeyManager::new(store, keyring, server::rotation_policy(&config));
+    let now = keys::unix_now();
+    rt.block_on(async {
+        match cmd {
+            KeysCommand::List(_) => {
+                let records = manager.store().load().await?;
+                let set = keys::KeySet::build(&records, now, manager.policy())?;
+                println!(
+                    "{:<46} {:<6} {:<9} {:<21} {:<21}",
+                    "KID", "ALG", "STATE", "CREATED", "ACTIVATES"
+                );
+                for r in &records {
+                    let state = if r.retired_at.is_some() {
+                        "retired"
+                    } else {
+                        set.get(r.kid.as_str())
+                            .map_or("expired", |k| k.state().as_str())
+                    };
+                    println!(
+                        "{:<46} {:<6} {:<9} {:<21} {:<21}",
+                        r.kid.as_str(),
+                        r.alg.as_str(),
+                        state,
+                        fmt_time(r.created_at),
+                        fmt_time(r.activate_at)
+                    );
+                }
+            }
+            KeysCommand::Rotate { now: immediate, .. } => {
+                let kid = manager.rotate(now, immediate).await?;
+                println!("created {kid}");
+            }
+            KeysCommand::Retire { kid, .. } => {
+                manager.retire(&keys::Kid::from(kid.as_str()), now).await?;
+                println!("retired {kid}");
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .with_context(|| format!("keys {action}"))
+}
+
+fn fmt_time(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+/// Checks that a store answers (used by tests and `dev`).
+///
+/// # Errors
+/// The store's error.
+pub async fn ping(store: &dyn SessionStore) -> Result<(), exchange::Error> {
+    store.ping().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn inspect_decodes_and_rejects() {
+        // {"alg":"ES256","typ":"at+jwt","kid":"k"} . {"sub":"u"} . sig
+        let jwt = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsifQ.eyJzdWIiOiJ1In0.c2ln";
+        let out = inspect(jwt).unwrap();
+        assert!(out.contains("\"sub\": \"u\""), "{out}");
+        assert!(out.contains("at+jwt"));
+        for bad in ["", "a.b", "a.b.c", "!!!.e30.x"] {
+            assert!(inspect(bad).is_err(), "{bad}");
+        }
+    }
+}

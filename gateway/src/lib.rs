@@ -1,0 +1,23 @@
+//! The sessiongate edge gateway: a Pingora proxy that turns session cookies into
+//! short-lived JWTs for the upstream each route points at.
+//!
+//! Map: [`cli`] parses commands; [`config`] parses and validates TOML; [`server`]
+//! assembles the Pingora server; [`proxy`] is the `ProxyHttp` implementation;
+//! [`route`] and [`path`] match requests; [`respond`] is the one refusal → response
+//! map; [`admin`] serves metrics, health and the JWKS; [`dev`] is the demo.
+//! docs/ARCHITECTURE.md has the full map and the invariants.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod jwks;
+pub mod keystore;
+pub mod metrics;
+pub mod path;
+pub mod proxy;
+pub mod respond;
+pub mod route;
+pub mod server;
+pub mod telemetry;
+mod tidy;

@@ -1,0 +1,246 @@
+//! The route table: host and longest-prefix matching on normalized paths, and the
+//! upstream pool of each route with round-robin and passive failure handling.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use exchange::Audience;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, LoadBalancer};
+use prometheus::Histogram;
+
+use crate::config::{AuthMode, RouteConfig};
+use crate::path::{NormalizedPath, matches_prefix};
+
+/// How long an upstream that refused a connection is skipped.
+pub const EJECT_FOR: Duration = Duration::from_secs(10);
+
+/// One configured route, ready to serve.
+pub struct Route {
+    /// Route name (a bounded metric label).
+    pub name: Arc<str>,
+    /// Path prefix, normalized.
+    pub path_prefix: String,
+    /// Exact host to match, lowercased, without port.
+    pub host: Option<String>,
+    /// JWT audience.
+    pub audience: Audience,
+    /// Authentication mode.
+    pub auth: AuthMode,
+    /// Whether every request re-checks the session in Redis.
+    pub critical: bool,
+    /// Lifetime of tokens minted for this route.
+    pub token_ttl: Duration,
+    /// Upstream pool.
+    pub upstreams: Upstreams,
+    /// Pre-resolved request duration histogram for this route.
+    pub duration: Histogram,
+}
+
+/// A route's upstreams: round-robin over backends, skipping ones that recently failed.
+pub struct Upstreams {
+    lb: LoadBalancer<RoundRobin>,
+    tls: HashMap<SocketAddr, (bool, String)>,
+    ejected_until: HashMap<SocketAddr, AtomicU64>,
+    epoch: Instant,
+}
+
+/// A chosen upstream.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    /// Address to connect to.
+    pub addr: SocketAddr,
+    /// Whether to speak TLS to it.
+    pub tls: bool,
+    /// SNI / Host name for TLS.
+    pub sni: String,
+}
+
+/// Why a route table could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("route `{route}`: upstream `{upstream}` does not resolve: {message}")]
+pub struct RouteError {
+    route: String,
+    upstream: String,
+    message: String,
+}
+
+impl Upstreams {
+    fn new(route: &RouteConfig) -> Result<Self, RouteError> {
+        let mut addrs = Vec::new();
+        let mut tls = HashMap::new();
+        for up in &route.upstreams {
+            // Resolution happens once, when the table is built (start-up or reload).
+            let resolved = up.addr.to_socket_addrs().map_err(|e| RouteError {
+                route: route.name.clone(),
+                upstream: up.addr.clone(),
+                message: e.to_string(),
+            })?;
+            let host = up
+                .addr
+                .rsplit_once(':')
+                .map_or(up.addr.as_str(), |(h, _)| h);
+            for addr in resolved {
+                addrs.push(addr);
+                tls.insert(addr, (up.tls, host.trim_matches(['[', ']']).to_owned()));
+            }
+        }
+        if addrs.is_empty() {
+            return Err(RouteError {
+                route: route.name.clone(),
+                upstream: String::new(),
+                message: "no addresses".into(),
+            });
+        }
+        let lb = LoadBalancer::try_from_iter(addrs.iter().copied()).map_err(|e| RouteError {
+            route: route.name.clone(),
+            upstream: String::new(),
+            message: e.to_string(),
+        })?;
+        let ejected_until = addrs.iter().map(|a| (*a, AtomicU64::new(0))).collect();
+        Ok(Self {
+            lb,
+            tls,
+            ejected_until,
+            epoch: Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Picks the next upstream, skipping ejected ones and `avoid` (the one that just
+    /// failed). If every upstream is ejected, it picks one anyway rather than refuse.
+    pub fn choose(&self, avoid: Option<SocketAddr>) -> Option<Chosen> {
+        let now = self.now_ms();
+        let healthy = |b: &Backend, _health: bool| {
+            b.addr.as_inet() != avoid.as_ref() && self.ejected(b).is_none_or(|until| until <= now)
+        };
+        let pick = self
+            .lb
+            .select_with(b"", 64, healthy)
+            .or_else(|| self.lb.select(b"", 64))?;
+        let addr = pick.addr.as_inet().copied()?;
+        let (tls, sni) = self
+            .tls
+            .get(&addr)
+            .cloned()
+            .unwrap_or((false, String::new()));
+        Some(Chosen { addr, tls, sni })
+    }
+
+    fn ejected(&self, b: &Backend) -> Option<u64> {
+        let addr = b.addr.as_inet()?;
+        self.ejected_until
+            .get(addr)
+            .map(|a| a.load(Ordering::Relaxed))
+    }
+
+    /// Marks `addr` as failing: it is skipped for [`EJECT_FOR`].
+    pub fn eject(&self, addr: SocketAddr) {
+        if let Some(until) = self.ejected_until.get(&addr) {
+            let ms = u64::try_from(EJECT_FOR.as_millis()).unwrap_or(u64::MAX);
+            until.store(self.now_ms() + ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Number of distinct upstream addresses.
+    pub fn len(&self) -> usize {
+        self.ejected_until.len()
+    }
+
+    /// Whether the pool is empty (never, once built).
+    pub fn is_empty(&self) -> bool {
+        self.ejected_until.is_empty()
+    }
+}
+
+/// All routes, ordered for matching. Immutable; replaced whole on reload.
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+    audiences: HashMap<String, Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Builds the table from validated route configs.
+    ///
+    /// # Errors
+    /// [`RouteError`] when an upstream does not resolve.
+    pub fn build(
+        configs: &[RouteConfig],
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, RouteError> {
+        let mut routes = Vec::with_capacity(configs.len());
+        for rc in configs {
+            routes.push(Arc::new(Route {
+                name: rc.name.as_str().into(),
+                path_prefix: rc.path_prefix.clone(),
+                host: rc.host.clone(),
+                audience: Audience::new(&rc.audience),
+                auth: rc.auth,
+                critical: rc.critical,
+                token_ttl: rc.token_ttl,
+                upstreams: Upstreams::new(rc)?,
+                duration: metrics
+                    .request_duration
+                    .with_label_values(&[rc.name.as_str()]),
+            }));
+        }
+        // Host-specific routes first, then longer prefixes first: the first match wins.
+        routes.sort_by(|a, b| {
+            b.host
+                .is_some()
+                .cmp(&a.host.is_some())
+                .then(b.path_prefix.len().cmp(&a.path_prefix.len()))
+        });
+        let mut audiences = HashMap::new();
+        for r in &routes {
+            // A critical route wins the audience, so the exchange endpoint is at least as strict.
+            let entry = audiences
+                .entry(r.audience.as_str().to_owned())
+                .or_insert_with(|| r.clone());
+            if r.critical && !entry.critical {
+                *entry = r.clone();
+            }
+        }
+        Ok(Self { routes, audiences })
+    }
+
+    /// The route for `host` (lowercased, no port) and `path`.
+    pub fn find(&self, host: Option<&str>, path: &NormalizedPath) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| {
+            r.host.as_deref().is_none_or(|h| Some(h) == host)
+                && matches_prefix(path, &r.path_prefix)
+        })
+    }
+
+    /// The route that owns an audience (for the exchange endpoint).
+    pub fn by_audience(&self, audience: &str) -> Option<&Arc<Route>> {
+        self.audiences.get(audience)
+    }
+
+    /// Every route.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+}
+
+/// Lowercases a Host header value and strips its port.
+pub fn host_of(raw: &str) -> &str {
+    let raw = raw.trim();
+    if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal: keep the brackets' content.
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    raw.rsplit_once(':').map_or(raw, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            raw
+        }
+    })
+}

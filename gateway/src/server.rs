@@ -1,0 +1,412 @@
+//! Assembling the process: the background runtime (Redis connections), the keyring,
+//! the exchange, and the Pingora server with its proxy, admin and key-refresh services.
+//!
+//! fred's connection tasks live on a dedicated background tokio runtime created here,
+//! before Pingora starts its own per-service runtimes; requests on Pingora's runtimes
+//! send commands to those tasks over channels. The keyring is loaded (and a first key
+//! created if needed) before any listener opens, so the proxy never serves keyless.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use exchange::store::SessionStore;
+use exchange::store::memory::MemoryStore;
+use exchange::store::redis::{RedisSettings, RedisStore};
+use exchange::{Exchange, Minter, SessionSettings};
+use keys::{KeyManager, KeySet, KeyStore, Keyring, RotationPolicy};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{BackgroundService, background_service};
+use pingora::services::listening::Service;
+use prometheus::Registry;
+use tracing::{error, info, warn};
+
+use crate::admin::Admin;
+use crate::config::{Config, KeyStoreConfig};
+use crate::metrics::Metrics;
+use crate::proxy::{Gateway, ProxySettings};
+use crate::route::RouteTable;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The background runtime could not be created.
+    #[error("cannot start the background runtime")]
+    Runtime(#[source] std::io::Error),
+    /// Metrics could not be registered.
+    #[error("cannot register metrics")]
+    Metrics(#[from] prometheus::Error),
+    /// The session store could not be configured.
+    #[error("session store")]
+    Store(#[from] exchange::Error),
+    /// The keyring could not be loaded or initialised.
+    #[error("keyring")]
+    Keys(#[from] keys::Error),
+    /// A route could not be built.
+    #[error("routes")]
+    Route(#[from] crate::route::RouteError),
+    /// A listener could not be set up.
+    #[error("listener {addr}: {message}")]
+    Listener {
+        /// The address.
+        addr: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Which session store to use.
+pub enum SessionBackend {
+    /// Redis, from `[redis]` in the config.
+    Redis,
+    /// An in-process store (for `sessiongate dev`).
+    Memory(Arc<MemoryStore>),
+}
+
+/// A fully assembled gateway, ready to run.
+pub struct Assembly {
+    /// The Pingora server with every service added.
+    pub server: Server,
+    /// The runtime that owns Redis connections and start-up work.
+    pub background: tokio::runtime::Runtime,
+    /// The revocation push channel, when enabled.
+    pub push: Option<exchange::push::Push>,
+    /// The exchange (for `dev` to create its demo session).
+    pub exchange: Arc<Exchange>,
+    /// The keyring manager.
+    pub keys: Arc<KeyManager>,
+    /// Handles for swapping routes and settings on reload.
+    pub gateway: GatewayHandles,
+}
+
+/// The swappable parts of a running gateway.
+#[derive(Clone)]
+pub struct GatewayHandles {
+    /// The route table.
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    /// The per-request settings.
+    pub settings: Arc<ArcSwap<ProxySettings>>,
+}
+
+/// The rotation policy a config implies.
+pub fn rotation_policy(config: &Config) -> RotationPolicy {
+    let longest_ttl = config
+        .routes
+        .iter()
+        .map(|r| r.token_ttl)
+        .chain(std::iter::once(config.token.ttl))
+        .max()
+        .unwrap_or(config.token.ttl);
+    RotationPolicy {
+        algorithm: algorithm(config),
+        rotate_every: config.keys.rotate_every,
+        publish_ahead: config.keys.publish_ahead,
+        retain_after: longest_ttl + config.keys.clock_skew,
+    }
+}
+
+/// The signing algorithm of a config.
+pub fn algorithm(config: &Config) -> keys::Algorithm {
+    match config.token.algorithm {
+        crate::config::Algorithm::Es256 => keys::Algorithm::Es256,
+        crate::config::Algorithm::EdDsa => keys::Algorithm::EdDsa,
+    }
+}
+
+/// The exchange crate's session settings from a config.
+pub fn session_settings(config: &Config) -> SessionSettings {
+    SessionSettings {
+        cookie: config.session.cookie.clone(),
+        key_prefix: config.session.key_prefix.clone(),
+        hashed_keys: config.session.hashed_keys,
+        cache_ttl: config.session.cache_ttl,
+        negative_cache_ttl: config.session.negative_cache_ttl,
+        cache_max_entries: config.session.cache_max_entries,
+        subject_field: config.session.subject_field.clone(),
+        claims: config.session.claims.clone(),
+    }
+}
+
+/// The Redis settings of a config.
+pub fn redis_settings(config: &Config) -> RedisSettings {
+    RedisSettings {
+        url: config.redis.url.clone(),
+        timeout: config.redis.timeout,
+        pool_size: config.redis.pool_size,
+    }
+}
+
+/// Builds the key store a config names.
+///
+/// # Errors
+/// [`keys::Error`] when the store cannot be opened.
+pub fn key_store(
+    config: &Config,
+    redis: Option<&RedisStore>,
+) -> Result<Arc<dyn KeyStore>, StartError> {
+    match &config.keys.store {
+        KeyStoreConfig::File { dir } => Ok(Arc::new(keys::FileStore::new(dir.clone()))),
+        KeyStoreConfig::Redis => {
+            let redis = redis.ok_or_else(|| StartError::Listener {
+                addr: config.redis.url.clone(),
+                message: "keys.store = \"redis\" needs the Redis session store".into(),
+            })?;
+            let kek = crate::keystore::kek_from_env(&config.keys.kek_env)?;
+            Ok(Arc::new(crate::keystore::redis_key_store(
+                redis,
+                &config.session.key_prefix,
+                kek,
+            )))
+        }
+    }
+}
+
+/// A private background runtime for Redis connections and start-up work.
+///
+/// # Errors
+/// When the OS refuses to create threads.
+pub fn background_runtime() -> Result<tokio::runtime::Runtime, StartError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sessiongate-bg")
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)
+}
+
+/// Assembles everything `config` describes.
+///
+/// # Errors
+/// [`StartError`] naming what could not be set up.
+pub fn assemble(
+    config: &Config,
+    sessions: SessionBackend,
+    upgrade: bool,
+) -> Result<Assembly, StartError> {
+    keys::install_crypto_provider();
+    let registry = Registry::new();
+    let metrics = Arc::new(Metrics::register(&registry)?);
+    let exchange_metrics = Arc::new(exchange::Metrics::register(&registry)?);
+    let background = background_runtime()?;
+
+    let (store, redis): (Arc<dyn SessionStore>, Option<RedisStore>) = match sessions {
+        SessionBackend::Redis => {
+            let redis = background.block_on(async {
+                let store = RedisStore::connect(&redis_settings(config), exchange_metrics.clone())?;
+                if let Err(e) = store.wait_connected(Duration::from_secs(5)).await {
+                    warn!(error = %e, "Redis is not reachable yet; starting unready and reconnecting.");
+                }
+                Ok::<_, exchange::Error>(store)
+            })?;
+            (Arc::new(redis.clone()), Some(redis))
+        }
+        SessionBackend::Memory(store) => (store, None),
+    };
+
+    let policy = rotation_policy(config);
+    let keyring = Arc::new(Keyring::new(KeySet::empty()));
+    let manager = Arc::new(KeyManager::new(
+        key_store(config, redis.as_ref())?,
+        keyring.clone(),
+        policy,
+    ));
+    let outcome = background.block_on(manager.refresh(keys::unix_now()))?;
+    for kid in &outcome.created {
+        info!(kid = %kid, "Created signing key.");
+    }
+    metrics.observe_keys(&keyring.load(), keys::unix_now());
+
+    let minter = Minter::new(
+        keyring.clone(),
+        &config.token.issuer,
+        exchange_metrics.clone(),
+    );
+    let exchange = Arc::new(Exchange::new(
+        store.clone(),
+        session_settings(config),
+        minter,
+        exchange_metrics,
+    ));
+    let push = match (
+        &redis,
+        config.session.push_invalidation && config.session.cache_ttl > Duration::ZERO,
+    ) {
+        (Some(_), true) => {
+            let settings = exchange::push::PushSettings {
+                url: config.redis.url.clone(),
+                key_prefix: config.session.key_prefix.clone(),
+                hashed_keys: config.session.hashed_keys,
+                timeout: config.redis.timeout,
+            };
+            let cache: Arc<dyn exchange::push::Invalidate> = exchange.shared_cache();
+            let metrics = exchange.metrics().clone();
+            Some(
+                background
+                    .block_on(async { exchange::push::Push::start(settings, cache, metrics) })?,
+            )
+        }
+        _ => None,
+    };
+    let routes = Arc::new(ArcSwap::from_pointee(RouteTable::build(
+        &config.routes,
+        &metrics,
+    )?));
+    let settings = Arc::new(ArcSwap::from_pointee(ProxySettings::from_config(config)));
+    let gateway = Gateway {
+        routes: routes.clone(),
+        settings: settings.clone(),
+        exchange: exchange.clone(),
+        metrics: metrics.clone(),
+    };
+
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs().max(1)),
+        upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
+        pid_file: std::env::temp_dir()
+            .join(format!("sessiongate-{}.pid", std::process::id()))
+            .to_string_lossy()
+            .into_owned(),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "sessiongate proxy",
+    );
+    let listen = config.server.listen.to_string();
+    match &config.server.tls {
+        Some(tls) => proxy
+            .add_tls(&listen, &path_str(&tls.cert), &path_str(&tls.key))
+            .map_err(|e| StartError::Listener {
+                addr: listen.clone(),
+                message: e.to_string(),
+            })?,
+        None => proxy.add_tcp(&listen),
+    }
+
+    let admin = Admin {
+        registry,
+        metrics: metrics.clone(),
+        keyring,
+        store,
+        ready_timeout: config.redis.timeout.max(Duration::from_millis(100)) * 4,
+        jwks_max_age: crate::jwks::max_age(config.keys.publish_ahead),
+    };
+    let mut admin_service = Service::new("sessiongate admin".to_owned(), admin);
+    admin_service.add_tcp(&config.server.admin_listen.to_string());
+    admin_service.threads = Some(1);
+
+    let refresher = background_service(
+        "sessiongate keyring",
+        KeyRefresher {
+            manager: manager.clone(),
+            metrics,
+        },
+    );
+    let refresher_handle = server.add_service(refresher);
+    let proxy_handle = server.add_service(proxy);
+    proxy_handle.add_dependency(&refresher_handle);
+    server.add_service(admin_service);
+
+    Ok(Assembly {
+        server,
+        background,
+        push,
+        exchange,
+        keys: manager,
+        gateway: GatewayHandles { routes, settings },
+    })
+}
+
+fn path_str(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Runs an assembled gateway until a shutdown signal (SIGINT fast, SIGTERM graceful,
+/// SIGQUIT graceful upgrade), then stops the background runtime.
+pub fn run(assembly: Assembly) {
+    let Assembly {
+        server, background, ..
+    } = assembly;
+    server.run(RunArgs::default());
+    background.shutdown_timeout(Duration::from_secs(2));
+}
+
+/// Keeps the keyring current: applies the rotation plan when due and picks up changes
+/// made by other replicas or by hand (the store's version changes).
+struct KeyRefresher {
+    manager: Arc<KeyManager>,
+    metrics: Arc<Metrics>,
+}
+
+/// How often the key store is polled for changes made elsewhere.
+pub const KEY_POLL: Duration = Duration::from_secs(1);
+
+#[async_trait]
+impl BackgroundService for KeyRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut version = self.manager.store().version().await.ok();
+        let mut next_due = self.manager.keyring().load().next_change();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                () = tokio::time::sleep(KEY_POLL) => {}
+            }
+            let now = keys::unix_now();
+            let current = self.manager.store().version().await.ok();
+            let due = next_due.is_some_and(|t| now >= t) || self.rotation_due(now);
+            if current == version && !due {
+                continue;
+            }
+            match self.manager.refresh(now).await {
+                Ok(outcome) => {
+                    for kid in &outcome.created {
+                        info!(kid = %kid, "Created signing key.");
+                    }
+                    for kid in &outcome.removed {
+                        info!(kid = %kid, "Removed signing key.");
+                    }
+                    next_due = outcome.next_due;
+                    version = self.manager.store().version().await.ok();
+                    self.metrics
+                        .observe_keys(&self.manager.keyring().load(), now);
+                }
+                Err(e) => {
+                    self.metrics.key_rotation_failures.inc();
+                    error!(error = %e, kind = e.kind(), "Keyring refresh failed; keeping the current keys.");
+                }
+            }
+        }
+    }
+}
+
+impl KeyRefresher {
+    fn rotation_due(&self, now: u64) -> bool {
+        let set = self.manager.keyring().load();
+        let policy = self.manager.policy();
+        let lead = policy
+            .rotate_every
+            .saturating_sub(policy.publish_ahead)
+            .as_secs();
+        set.count(keys::KeyState::Next) == 0
+            && set.last_rotation().is_some_and(|at| now >= at + lead)
+    }
+}
+
+/// The default upgrade socket path.
+pub fn default_upgrade_sock() -> PathBuf {
+    PathBuf::from("/tmp/sessiongate-upgrade.sock")
+}
