@@ -125,9 +125,15 @@ const GENERATION_BUCKETS: usize = 256;
 /// a load inserts only if its bucket's generation did not move while it was in flight.
 pub struct SessionCache {
     inner: Option<Inner>,
-    ttl: Duration,
-    negative_ttl: Duration,
+    /// Trust window of positive entries, in nanoseconds (changes on reload).
+    ttl_nanos: AtomicU64,
+    /// Trust window of negative entries, in nanoseconds.
+    negative_ttl_nanos: AtomicU64,
     generations: Box<[AtomicU64]>,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The result of asking the cache.
@@ -160,8 +166,8 @@ impl SessionCache {
         });
         Self {
             inner,
-            ttl,
-            negative_ttl: negative_ttl.min(ttl),
+            ttl_nanos: AtomicU64::new(nanos(ttl)),
+            negative_ttl_nanos: AtomicU64::new(nanos(negative_ttl.min(ttl))),
             generations: (0..GENERATION_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -199,11 +205,20 @@ impl SessionCache {
 
     /// How long an entry is trusted.
     fn trust(&self, entry: &Entry) -> Duration {
-        if entry.session.is_some() {
-            self.ttl
+        let n = if entry.session.is_some() {
+            self.ttl_nanos.load(Ordering::Relaxed)
         } else {
-            self.negative_ttl
-        }
+            self.negative_ttl_nanos.load(Ordering::Relaxed)
+        };
+        Duration::from_nanos(n)
+    }
+
+    /// Changes the trust windows (hot reload). Shorter windows apply to cached entries
+    /// at once; a zero `ttl` stops trusting anything without freeing the cache.
+    pub fn set_ttls(&self, ttl: Duration, negative_ttl: Duration) {
+        self.ttl_nanos.store(nanos(ttl), Ordering::Relaxed);
+        self.negative_ttl_nanos
+            .store(nanos(negative_ttl.min(ttl)), Ordering::Relaxed);
     }
 
     /// Whether `entry` may still be trusted at `now`.

@@ -32,6 +32,8 @@ mod tests;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+
 pub use cookie::{InvalidCookie, SessionToken};
 pub use error::Error;
 pub use metrics::Metrics;
@@ -67,7 +69,7 @@ pub struct Resolved {
 pub struct Exchange {
     store: Arc<dyn SessionStore>,
     cache: Arc<SessionCache>,
-    settings: SessionSettings,
+    settings: ArcSwap<SessionSettings>,
     minter: Minter,
     metrics: Arc<Metrics>,
 }
@@ -90,7 +92,7 @@ impl Exchange {
         Self {
             store,
             cache: Arc::new(cache),
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             minter,
             metrics,
         }
@@ -101,9 +103,35 @@ impl Exchange {
         &self.store
     }
 
-    /// The session settings.
-    pub fn settings(&self) -> &SessionSettings {
-        &self.settings
+    /// The current session settings.
+    pub fn settings(&self) -> Arc<SessionSettings> {
+        self.settings.load_full()
+    }
+
+    /// Applies new session settings (hot reload). Trust windows change at once; when the
+    /// way sessions are keyed or decoded changes, the cache is flushed so nothing decoded
+    /// under the old rules is reused. `cache_max_entries`, and turning a disabled cache
+    /// on, need a restart; the returned list names what was not applied.
+    pub fn reconfigure(&self, new: SessionSettings) -> Vec<&'static str> {
+        let old = self.settings.load_full();
+        let mut not_applied = Vec::new();
+        if new.cache_max_entries != old.cache_max_entries {
+            not_applied.push("session.cache_max_entries");
+        }
+        if !self.cache.is_enabled() && !new.cache_ttl.is_zero() {
+            not_applied.push("session.cache_ttl (the cache was disabled at start)");
+        }
+        let rekeyed = new.key_prefix != old.key_prefix
+            || new.hashed_keys != old.hashed_keys
+            || new.subject_field != old.subject_field
+            || new.claims != old.claims
+            || new.cookie != old.cookie;
+        self.cache.set_ttls(new.cache_ttl, new.negative_cache_ttl);
+        self.settings.store(Arc::new(new));
+        if rekeyed {
+            self.cache.clear();
+        }
+        not_applied
     }
 
     /// The session cache.
@@ -246,14 +274,15 @@ impl Exchange {
     }
 
     async fn fetch(&self, token: &SessionToken) -> Result<Option<Arc<Session>>, Error> {
-        let key = redis_key(&self.settings.key_prefix, token, self.settings.hashed_keys);
+        let settings = self.settings.load();
+        let key = redis_key(&settings.key_prefix, token, settings.hashed_keys);
         let Some(value) = self.store.get(&key).await? else {
             return Ok(None);
         };
-        match record::decode(&value, token, &self.settings) {
+        match record::decode(&value, token, &settings) {
             Ok(session) => Ok(Some(Arc::new(session))),
             Err(e) => Err(Error::Corrupt {
-                key_hint: format!("{}{}…", self.settings.key_prefix, &key_hint(token)),
+                key_hint: format!("{}{}…", settings.key_prefix, &key_hint(token)),
                 reason: e.to_string(),
             }),
         }

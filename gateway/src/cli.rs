@@ -148,9 +148,11 @@ pub struct UsageError(pub String);
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config, upgrade } => {
-            let config = load(&config.config)?;
+            let config_path = config.config;
+            let config = load(&config_path)?;
             crate::telemetry::init(&config.log);
-            let assembly = server::assemble(&config, SessionBackend::Redis, upgrade)?;
+            let assembly =
+                server::assemble(&config, Some(&config_path), SessionBackend::Redis, upgrade)?;
             tracing::info!(listen = %config.server.listen, admin = %config.server.admin_listen, "sessiongate starting.");
             server::run(assembly);
             Ok(())

@@ -99,7 +99,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     crate::telemetry::init(&config.log);
 
     let store = Arc::new(MemoryStore::new());
-    let mut assembly = server::assemble(&config, SessionBackend::Memory(store.clone()), false)?;
+    let mut assembly =
+        server::assemble(&config, None, SessionBackend::Memory(store.clone()), false)?;
 
     let mut claims = serde_json::Map::new();
     claims.insert("roles".into(), serde_json::json!(["admin"]));
@@ -108,7 +109,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         .background
         .block_on(exchange::revocation::create_session(
             &*store,
-            assembly.exchange.settings(),
+            &assembly.exchange.settings(),
             "demo-user",
             claims,
             Duration::from_secs(8 * 3600),

@@ -16,6 +16,7 @@ pub mod keystore;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod server;

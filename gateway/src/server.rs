@@ -178,12 +178,13 @@ pub fn background_runtime() -> Result<tokio::runtime::Runtime, StartError> {
         .map_err(StartError::Runtime)
 }
 
-/// Assembles everything `config` describes.
+/// Assembles everything `config` describes. With `config_path`, SIGHUP reloads it.
 ///
 /// # Errors
 /// [`StartError`] naming what could not be set up.
 pub fn assemble(
     config: &Config,
+    config_path: Option<&std::path::Path>,
     sessions: SessionBackend,
     upgrade: bool,
 ) -> Result<Assembly, StartError> {
@@ -191,6 +192,7 @@ pub fn assemble(
     let registry = Registry::new();
     let metrics = Arc::new(Metrics::register(&registry)?);
     let exchange_metrics = Arc::new(exchange::Metrics::register(&registry)?);
+    let reload_metrics = crate::reload::ReloadMetrics::register(&registry)?;
     let background = background_runtime()?;
 
     let (store, redis): (Arc<dyn SessionStore>, Option<RedisStore>) = match sessions {
@@ -262,6 +264,32 @@ pub fn assemble(
         exchange: exchange.clone(),
         metrics: metrics.clone(),
     };
+
+    if let Some(path) = config_path {
+        let reloader = Arc::new(crate::reload::Reloader::new(
+            path.to_path_buf(),
+            config.clone(),
+            GatewayHandles {
+                routes: routes.clone(),
+                settings: settings.clone(),
+            },
+            exchange.clone(),
+            metrics.clone(),
+            reload_metrics,
+        ));
+        // Registering the handler here also replaces SIGHUP's default action (exit).
+        let mut hangups = background
+            .block_on(async {
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            })
+            .map_err(StartError::Runtime)?;
+        background.spawn(async move {
+            while hangups.recv().await.is_some() {
+                let reloader = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
+        });
+    }
 
     let conf = ServerConf {
         threads: config.server.threads,

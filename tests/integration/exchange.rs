@@ -1,0 +1,119 @@
+//! SPEC "Exchange endpoint": `POST /auth/token` turns a session cookie into a JWT for a
+//! configured audience (for SPAs): 200 with `access_token`, `token_type`, `expires_in`
+//! and `Cache-Control: no-store`; 401 without a valid session; 403 for a bad origin;
+//! 400 for an unknown audience.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{
+    ALLOWED_ORIGIN, Route, Stack, Upstream, assert_eventually, cookie_header, new_cookie, verify,
+};
+
+const PATH: &str = "/auth/token";
+
+fn start() -> Stack {
+    Stack::start(|b, up: &Upstream| {
+        b.route(Route::new("orders", "/api/orders", &[up.addr()]).audience("orders-api"))
+            .route(Route::new("billing", "/api/billing", &[up.addr()]).critical())
+    })
+}
+
+fn exchange(
+    s: &Stack,
+    cookie: Option<&str>,
+    origin: Option<&str>,
+    body: &Value,
+) -> reqwest::blocking::Response {
+    let mut req = s
+        .http
+        .post(s.gw.url(PATH))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(c) = cookie {
+        req = req.header("cookie", cookie_header(c));
+    }
+    if let Some(o) = origin {
+        req = req.header("origin", o);
+    }
+    req.send().expect("send")
+}
+
+#[test]
+fn exchange_returns_a_verifiable_token_for_a_configured_audience() {
+    let s = start();
+    let cookie = s.login("user-spa");
+    for (aud, _route) in [("orders-api", "orders"), ("billing", "billing")] {
+        let resp = exchange(
+            &s,
+            Some(&cookie),
+            Some(ALLOWED_ORIGIN),
+            &json!({"audience": aud}),
+        );
+        assert_eq!(resp.status(), 200, "{aud}");
+        let cc = resp
+            .headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            cc.to_ascii_lowercase().contains("no-store"),
+            "Cache-Control must be no-store, got {cc:?}"
+        );
+        let body: Value = resp.json().expect("JSON");
+        assert_eq!(body["token_type"], "Bearer", "{body}");
+        assert_eq!(body["expires_in"], 300, "{body}");
+        let token = body["access_token"].as_str().expect("access_token");
+        let t = verify(token, &s.jwks(), aud, s.gw.issuer());
+        assert_eq!(t.str("sub"), "user-spa");
+        assert_eq!(t.u64("exp") - t.u64("iat"), 300);
+    }
+    assert_eq!(
+        s.up.count(),
+        0,
+        "the exchange endpoint answers itself, it does not forward"
+    );
+}
+
+#[test]
+fn exchange_refuses_missing_sessions_bad_origins_and_unknown_audiences() {
+    let s = start();
+    let cookie = s.login("user-spa");
+    let body = json!({"audience": "orders-api"});
+    assert_eq!(
+        exchange(&s, None, Some(ALLOWED_ORIGIN), &body).status(),
+        401,
+        "no cookie"
+    );
+    assert_eq!(
+        exchange(&s, Some(&new_cookie()), Some(ALLOWED_ORIGIN), &body).status(),
+        401,
+        "unknown session"
+    );
+    assert_eq!(
+        exchange(&s, Some(&cookie), Some("https://evil.example.com"), &body).status(),
+        403,
+        "foreign origin"
+    );
+    assert_eq!(
+        exchange(
+            &s,
+            Some(&cookie),
+            Some(ALLOWED_ORIGIN),
+            &json!({"audience": "nobody"})
+        )
+        .status(),
+        400,
+        "unknown audience"
+    );
+    s.redis.del(&s.key(&cookie));
+    // Revocation reaches the exchange within the cache bound (cache_ttl 5 s).
+    assert_eventually!(
+        exchange(&s, Some(&cookie), Some(ALLOWED_ORIGIN), &body).status() == 401,
+        Duration::from_secs(7),
+        "revoked session"
+    );
+    assert_eq!(s.up.count(), 0);
+}

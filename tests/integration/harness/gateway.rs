@@ -1,0 +1,497 @@
+//! [`GatewayBuilder`] and [`Gateway`]: the real `sessiongate` binary on free ports.
+//!
+//! The builder writes a TOML config in the SPEC's schema into a temp dir (file key store
+//! in the same dir, `server.grace_period = "1s"` so that shutdown is quick), spawns
+//! `sessiongate run --config PATH` with stdout and stderr captured to files, and polls
+//! the admin listener's `/readyz` until it answers 200 (at most 20 s; on timeout it
+//! panics with the captured logs). On [`Drop`] the gateway gets SIGINT, then SIGKILL if
+//! it is still alive 5 s later, and is waited for; the logs are printed when the test
+//! thread is panicking.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::eventually::pause;
+use super::ports::free_port;
+use super::raw;
+use super::redis::DEFAULT_PREFIX;
+
+/// The path to the binary under test.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
+
+/// The SPEC's default session cookie name.
+pub(crate) const COOKIE_NAME: &str = "__Host-session";
+
+/// The issuer every test config uses unless told otherwise.
+pub(crate) const ISSUER: &str = "https://gateway.test";
+
+/// The origin every test config allows unless told otherwise.
+pub(crate) const ALLOWED_ORIGIN: &str = "https://app.example.com";
+
+/// One `[[route]]`.
+#[derive(Clone, Debug)]
+pub(crate) struct Route {
+    name: String,
+    path_prefix: String,
+    host: Option<String>,
+    upstreams: Vec<String>,
+    audience: Option<String>,
+    auth: String,
+    critical: bool,
+    token_ttl: Option<String>,
+}
+
+impl Route {
+    /// A route with `auth = "required"`, not critical, audience defaulted (not written).
+    pub(crate) fn new(name: &str, path_prefix: &str, upstreams: &[SocketAddr]) -> Self {
+        Route {
+            name: name.to_owned(),
+            path_prefix: path_prefix.to_owned(),
+            host: None,
+            upstreams: upstreams.iter().map(ToString::to_string).collect(),
+            audience: None,
+            auth: "required".to_owned(),
+            critical: false,
+            token_ttl: None,
+        }
+    }
+
+    /// Sets `auth` (`"required"`, `"optional"`, `"none"`).
+    pub(crate) fn auth(mut self, auth: &str) -> Self {
+        auth.clone_into(&mut self.auth);
+        self
+    }
+
+    /// Sets `critical = true`.
+    pub(crate) fn critical(mut self) -> Self {
+        self.critical = true;
+        self
+    }
+
+    /// Sets `audience`.
+    pub(crate) fn audience(mut self, audience: &str) -> Self {
+        self.audience = Some(audience.to_owned());
+        self
+    }
+
+    /// Sets `host`.
+    pub(crate) fn host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_owned());
+        self
+    }
+
+    /// Sets `token_ttl`.
+    pub(crate) fn token_ttl(mut self, ttl: &str) -> Self {
+        self.token_ttl = Some(ttl.to_owned());
+        self
+    }
+
+    fn write_toml(&self, out: &mut String) {
+        out.push_str("\n[[route]]\n");
+        let _ = writeln!(out, "name = {}", q(&self.name));
+        let _ = writeln!(out, "path_prefix = {}", q(&self.path_prefix));
+        if let Some(host) = &self.host {
+            let _ = writeln!(out, "host = {}", q(host));
+        }
+        let _ = writeln!(out, "upstreams = {}", list(&self.upstreams));
+        if let Some(aud) = &self.audience {
+            let _ = writeln!(out, "audience = {}", q(aud));
+        }
+        let _ = writeln!(out, "auth = {}", q(&self.auth));
+        let _ = writeln!(out, "critical = {}", self.critical);
+        if let Some(ttl) = &self.token_ttl {
+            let _ = writeln!(out, "token_ttl = {}", q(ttl));
+        }
+    }
+}
+
+/// Builds a config and starts a gateway.
+#[derive(Clone, Debug)]
+pub(crate) struct GatewayBuilder {
+    redis_url: String,
+    routes: Vec<Route>,
+    key_prefix: String,
+    cache_ttl: String,
+    subject_field: String,
+    claims: Vec<String>,
+    forward_cookie: bool,
+    login_url: String,
+    issuer: String,
+    ttl: String,
+    algorithm: String,
+    publish_ahead: String,
+    allowed_origins: Vec<String>,
+}
+
+impl GatewayBuilder {
+    /// A config pointing at `redis_url`, with SPEC defaults and no routes.
+    pub(crate) fn new(redis_url: &str) -> Self {
+        GatewayBuilder {
+            redis_url: redis_url.to_owned(),
+            routes: Vec::new(),
+            key_prefix: DEFAULT_PREFIX.to_owned(),
+            cache_ttl: "5s".to_owned(),
+            subject_field: "sub".to_owned(),
+            claims: vec!["roles".to_owned(), "email".to_owned()],
+            forward_cookie: false,
+            login_url: String::new(),
+            issuer: ISSUER.to_owned(),
+            ttl: "5m".to_owned(),
+            algorithm: "ES256".to_owned(),
+            publish_ahead: "30m".to_owned(),
+            allowed_origins: vec![ALLOWED_ORIGIN.to_owned()],
+        }
+    }
+
+    /// Adds a route.
+    pub(crate) fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// Sets `session.cache_ttl`.
+    pub(crate) fn cache_ttl(mut self, ttl: &str) -> Self {
+        ttl.clone_into(&mut self.cache_ttl);
+        self
+    }
+
+    /// Sets `session.subject_field`.
+    pub(crate) fn subject_field(mut self, field: &str) -> Self {
+        field.clone_into(&mut self.subject_field);
+        self
+    }
+
+    /// Sets `session.claims`.
+    pub(crate) fn claims(mut self, claims: &[&str]) -> Self {
+        self.claims = claims.iter().map(|c| (*c).to_owned()).collect();
+        self
+    }
+
+    /// Sets `session.forward_cookie`.
+    pub(crate) fn forward_cookie(mut self, forward: bool) -> Self {
+        self.forward_cookie = forward;
+        self
+    }
+
+    /// Sets `session.login_url`.
+    pub(crate) fn login_url(mut self, url: &str) -> Self {
+        url.clone_into(&mut self.login_url);
+        self
+    }
+
+    /// Sets `token.ttl`.
+    pub(crate) fn token_ttl(mut self, ttl: &str) -> Self {
+        ttl.clone_into(&mut self.ttl);
+        self
+    }
+
+    /// Sets `token.algorithm`.
+    pub(crate) fn algorithm(mut self, alg: &str) -> Self {
+        alg.clone_into(&mut self.algorithm);
+        self
+    }
+
+    /// Sets `keys.publish_ahead`.
+    pub(crate) fn publish_ahead(mut self, d: &str) -> Self {
+        d.clone_into(&mut self.publish_ahead);
+        self
+    }
+
+    /// Sets `exchange.allowed_origins`.
+    pub(crate) fn allowed_origins(mut self, origins: &[&str]) -> Self {
+        self.allowed_origins = origins.iter().map(|o| (*o).to_owned()).collect();
+        self
+    }
+
+    /// The config text for the given listeners and key dir.
+    pub(crate) fn toml(&self, listen: SocketAddr, admin: SocketAddr, key_dir: &Path) -> String {
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            r#"[server]
+listen = {listen}
+admin_listen = {admin}
+threads = 1
+grace_period = "1s"
+
+[redis]
+url = {redis}
+timeout = "250ms"
+pool_size = 2
+
+[session]
+cookie = {cookie}
+key_prefix = {prefix}
+hashed_keys = true
+cache_ttl = {cache_ttl}
+subject_field = {subject_field}
+claims = {claims}
+forward_cookie = {forward_cookie}
+login_url = {login_url}
+
+[token]
+issuer = {issuer}
+ttl = {ttl}
+algorithm = {algorithm}
+
+[keys]
+store = "file"
+dir = {dir}
+rotate_every = "24h"
+publish_ahead = {publish_ahead}
+
+[exchange]
+path = "/auth/token"
+allowed_origins = {origins}
+"#,
+            listen = q(&listen.to_string()),
+            admin = q(&admin.to_string()),
+            redis = q(&self.redis_url),
+            cookie = q(COOKIE_NAME),
+            prefix = q(&self.key_prefix),
+            cache_ttl = q(&self.cache_ttl),
+            subject_field = q(&self.subject_field),
+            claims = list(&self.claims),
+            forward_cookie = self.forward_cookie,
+            login_url = q(&self.login_url),
+            issuer = q(&self.issuer),
+            ttl = q(&self.ttl),
+            algorithm = q(&self.algorithm),
+            dir = q(&key_dir.display().to_string()),
+            publish_ahead = q(&self.publish_ahead),
+            origins = list(&self.allowed_origins),
+        );
+        for route in &self.routes {
+            route.write_toml(&mut out);
+        }
+        out
+    }
+
+    /// Writes the config (with fresh free ports) into `dir`, creating `dir/keys`, and
+    /// returns its path and the two listener addresses.
+    pub(crate) fn write_config(&self, dir: &Path) -> (PathBuf, SocketAddr, SocketAddr) {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        while admin == listen {
+            admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        }
+        let key_dir = dir.join("keys");
+        std::fs::create_dir_all(&key_dir).expect("create key dir");
+        let path = dir.join("sessiongate.toml");
+        std::fs::write(&path, self.toml(listen, admin, &key_dir)).expect("write config");
+        (path, listen, admin)
+    }
+
+    /// Starts the gateway and waits until `/readyz` answers 200.
+    ///
+    /// # Panics
+    /// If it exits or is not ready within 20 s (with its logs in the message).
+    pub(crate) fn start(&self) -> Gateway {
+        let dir = tempfile::Builder::new()
+            .prefix("sg-gateway")
+            .tempdir()
+            .expect("temp dir");
+        let (config_path, listen, admin) = self.write_config(dir.path());
+        let mut gw = Gateway {
+            child: None,
+            listen,
+            admin,
+            config_path,
+            issuer: self.issuer.clone(),
+            key_prefix: self.key_prefix.clone(),
+            dir,
+        };
+        let mut last = String::new();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                // Someone took a port between free_port() and our bind: new ports.
+                let (config_path, listen, admin) = self.write_config(gw.dir.path());
+                (gw.config_path, gw.listen, gw.admin) = (config_path, listen, admin);
+            }
+            gw.spawn();
+            match gw.wait_ready(Duration::from_secs(20)) {
+                Ready::Yes => return gw,
+                Ready::PortTaken(logs) => {
+                    last = logs;
+                    gw.shutdown();
+                }
+                Ready::Failed(why) => {
+                    gw.shutdown();
+                    let logs = gw.logs();
+                    // Dropped before the panic, so its Drop does not print the logs twice.
+                    drop(gw);
+                    panic!("gateway did not become ready: {why}\n----- gateway logs -----\n{logs}");
+                }
+            }
+        }
+        panic!("gateway could not bind its ports after 3 tries:\n{last}");
+    }
+}
+
+enum Ready {
+    Yes,
+    PortTaken(String),
+    Failed(String),
+}
+
+/// A running `sessiongate run`.
+pub(crate) struct Gateway {
+    child: Option<Child>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    config_path: PathBuf,
+    issuer: String,
+    key_prefix: String,
+    dir: TempDir,
+}
+
+impl Gateway {
+    /// `http://LISTEN{path}` on the proxy listener.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    /// `http://ADMIN{path}` on the admin listener.
+    pub(crate) fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// The proxy listener's address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The admin listener's address.
+    pub(crate) fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The config file it runs with (for CLI commands against the same Redis).
+    pub(crate) fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The configured issuer.
+    pub(crate) fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The configured session key prefix.
+    pub(crate) fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Captured stdout and stderr so far.
+    pub(crate) fn logs(&self) -> String {
+        let out = std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default();
+        let err = std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+        format!("--- stdout ---\n{out}\n--- stderr ---\n{err}")
+    }
+
+    fn spawn(&mut self) {
+        let stdout = std::fs::File::create(self.dir.path().join("stdout.log")).expect("stdout log");
+        let stderr = std::fs::File::create(self.dir.path().join("stderr.log")).expect("stderr log");
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env_remove("SESSIONGATE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn sessiongate");
+        self.child = Some(child);
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Ready {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let logs = self.logs();
+                if logs.to_ascii_lowercase().contains("address already in use") {
+                    return Ready::PortTaken(logs);
+                }
+                return Ready::Failed(format!("sessiongate exited with {status}"));
+            }
+            if let Ok(resp) = raw::get(self.admin, "/readyz", &[])
+                && resp.status == 200
+            {
+                return Ready::Yes;
+            }
+            if Instant::now() >= deadline {
+                return Ready::Failed(format!("/readyz was not 200 within {timeout:?}"));
+            }
+            pause(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGINT, then SIGKILL after 5 s, then wait.
+    fn shutdown(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(None) = child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                pause(Duration::from_millis(15));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+        }
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- sessiongate logs ({}) -----\n{}",
+                self.listen,
+                self.logs()
+            );
+        }
+    }
+}
+
+/// A TOML basic string.
+pub(crate) fn q(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A TOML array of strings.
+pub(crate) fn list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| q(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}

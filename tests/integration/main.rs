@@ -1,0 +1,20 @@
+//! sessiongate's integration tests: one test binary driving the real `sessiongate`
+//! process against a real `redis-server` and real upstreams, written from SPEC.md.
+//!
+//! Every test gets its own ports, Redis and gateway, so tests run in parallel. No test
+//! sleeps for a fixed time: readiness and convergence are polled (`assert_eventually!`).
+//! Sessions are written to Redis as literal JSON, as SPEC's schema says.
+
+mod harness;
+
+mod admin;
+mod claims;
+mod cli;
+mod exchange;
+mod headers;
+mod interop;
+mod jwks;
+mod robustness;
+mod routing;
+mod status_table;
+mod websocket;
