@@ -71,8 +71,8 @@ impl Entry {
     pub(crate) fn keep_token(&self, audience: Arc<str>, ttl: Duration, jwt: SignedJwt) {
         let mut tokens = self.tokens.lock();
         tokens.retain(|t| !(t.audience == audience && t.ttl == ttl));
-        // A session rarely talks to more than a handful of audiences; bound it anyway.
-        if tokens.len() >= 16 {
+        // A session rarely talks to more than a few audiences; bound it anyway.
+        if tokens.len() >= MAX_TOKENS_PER_ENTRY {
             tokens.remove(0);
         }
         tokens.push(CachedToken { audience, ttl, jwt });
@@ -87,13 +87,23 @@ pub struct EntryWeighter {
 
 impl Weighter<[u8; 32], Arc<Entry>> for EntryWeighter {
     fn weight(&self, _key: &[u8; 32], val: &Arc<Entry>) -> u64 {
-        // Key, Arc, entry and 16 token slots of ~600 bytes each are accounted up front
-        // so that the weight never changes while the entry is cached.
-        let base = 32 + 16 + std::mem::size_of::<Entry>() as u64 + 16 * 600;
+        // The weight of an entry may not change while it is cached, but tokens are added
+        // later: account for TOKENS_ACCOUNTED typical tokens up front (at most
+        // MAX_TOKENS_PER_ENTRY can be held, so the byte bound is exceeded by at most 2x
+        // in the worst case where every session talks to four audiences).
+        let base = 32 + 16 + std::mem::size_of::<Entry>() as u64 + 64;
+        let tokens = TOKENS_ACCOUNTED * TOKEN_BYTES;
         let session = val.session.as_ref().map_or(0, |s| s.weight() as u64);
-        (base + session).max(self.floor)
+        (base + tokens + session).max(self.floor)
     }
 }
+
+/// Tokens a cache entry may hold (one per audience and lifetime).
+pub const MAX_TOKENS_PER_ENTRY: usize = 4;
+/// Tokens accounted in an entry's weight.
+const TOKENS_ACCOUNTED: u64 = 2;
+/// Approximate bytes of one cached token (the JWT text and its bookkeeping).
+const TOKEN_BYTES: u64 = 700;
 
 /// Counts evictions (entries pushed out by the size bounds).
 #[derive(Clone)]
@@ -386,7 +396,7 @@ mod tests {
             key[..4].copy_from_slice(&i.to_le_bytes());
             c.insert(key, Arc::new(Entry::new(None, now)));
         }
-        let per_entry = 32 + 16 + std::mem::size_of::<Entry>() + 16 * 600;
+        let per_entry = 32 + 16 + std::mem::size_of::<Entry>() + 64 + 2 * 700;
         assert!(c.len() * per_entry <= 64 * 1024, "len {}", c.len());
     }
 

@@ -189,6 +189,18 @@ pub fn assemble(
     upgrade: bool,
 ) -> Result<Assembly, StartError> {
     keys::install_crypto_provider();
+    if !upgrade {
+        // Pingora retries a busy port for 30 s and then panics in a service thread while
+        // the process lives on without a proxy listener. Check both addresses first and
+        // fail start-up (exit 1) instead. With --upgrade the sockets come from the old
+        // process, which still holds them.
+        for addr in [config.server.listen, config.server.admin_listen] {
+            std::net::TcpListener::bind(addr).map_err(|e| StartError::Listener {
+                addr: addr.to_string(),
+                message: e.to_string(),
+            })?;
+        }
+    }
     let registry = Registry::new();
     let metrics = Arc::new(Metrics::register(&registry)?);
     let exchange_metrics = Arc::new(exchange::Metrics::register(&registry)?);

@@ -15,7 +15,11 @@ pub fn init(log: &LogConfig) {
         .unwrap_or_else(|| EnvFilter::new("warn"));
     // Pingora logs through the `log` crate; route it into tracing.
     let _ = tracing_log::LogTracer::init();
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Human => builder.try_init(),

@@ -74,6 +74,19 @@ fn metrics_have_the_spec_names_and_never_leak_subjects_sessions_or_paths() {
                 && l.contains(r#"route="gone""#)),
         "the 502 must be counted in sessiongate_upstream_errors_total{{route=\"gone\"}}:\n{text}"
     );
+    let lookups: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("sessiongate_session_lookups_total{"))
+        .collect();
+    for result in ["valid", "missing"] {
+        assert!(
+            lookups
+                .iter()
+                .any(|l| l.contains(r#"source="redis""#)
+                    && l.contains(&format!("result=\"{result}\""))),
+            "sessiongate_session_lookups_total needs source=\"redis\", result=\"{result}\": {lookups:#?}"
+        );
+    }
     for secret in [
         sub,
         cookie.as_str(),

@@ -2,11 +2,14 @@
 //! gateway's own JWKS with an independent library (jsonwebtoken).
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
-use crate::harness::{GatewayBuilder, Route, Stack, Upstream, now, sha256_hex, try_verify};
+use crate::harness::{
+    GatewayBuilder, Route, Stack, Upstream, assert_eventually, now, sha256_hex, try_verify, verify,
+};
 
 fn routes(b: GatewayBuilder, up: &Upstream) -> GatewayBuilder {
     b.route(Route::new("orders", "/api/orders", &[up.addr()]).audience("orders-api"))
@@ -254,4 +257,39 @@ fn es256_and_eddsa_tokens_verify_with_matching_jwks_keys() {
         assert_eq!(key["crv"], crv, "{alg}: {key}");
         assert_eq!(key["alg"], alg, "{alg}: {key}");
     }
+}
+
+#[test]
+fn reused_tokens_always_keep_more_than_half_their_lifetime() {
+    // token.ttl = 4 s: a token may be reused for about 2 s, then a new one is minted.
+    let s = Stack::start(|b, up: &Upstream| {
+        b.token_ttl("4s")
+            .route(Route::new("orders", "/api/orders", &[up.addr()]).audience("orders-api"))
+    });
+    let cookie = s.login("user-1");
+    let jwks = s.jwks();
+    let mut first_jti: Option<String> = None;
+    assert_eventually!(
+        {
+            assert_eq!(s.status("/api/orders", Some(&cookie)), 200);
+            let t = verify(
+                s.up.last().bearer(),
+                &jwks,
+                "orders-api",
+                crate::harness::ISSUER,
+            );
+            let (iat, exp, now) = (t.u64("iat"), t.u64("exp"), now());
+            assert_eq!(exp - iat, 4);
+            // Second granularity: "more than half" of 4 s left is at least 1 s once rounded.
+            assert!(
+                exp > now,
+                "a reused token with {}s of its 4s left was forwarded",
+                exp.saturating_sub(now)
+            );
+            let jti = t.str("jti").to_owned();
+            first_jti.get_or_insert_with(|| jti.clone()) != &jti
+        },
+        Duration::from_secs(5),
+        "a new token must be minted before the first one passes half of its lifetime"
+    );
 }

@@ -2,12 +2,14 @@
 //! `token inspect`, and exit codes (0 ok, 1 runtime failure, 2 bad usage or config).
 
 use std::io::Write as _;
+use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::harness::gateway::BIN;
+use crate::harness::ports::dead_addr;
 use crate::harness::{
     GatewayBuilder, RedisServer, Route, Stack, Upstream, assert_eventually, eventually, session_key,
 };
@@ -15,9 +17,15 @@ use crate::harness::{
 /// Runs `sessiongate ARGS` with `stdin`, without any inherited SESSIONGATE_CONFIG; kills
 /// it and panics if it has not exited within 30 s.
 fn sg(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
+    sg_within(args, stdin, env, Duration::from_secs(30))
+}
+
+/// [`sg`] with another time limit.
+fn sg_within(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)], limit: Duration) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("SESSIONGATE_CONFIG")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
@@ -37,15 +45,12 @@ fn sg(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
             .write_all(input.as_bytes())
             .expect("write stdin");
     }
-    let exited = eventually::poll(
-        || matches!(child.try_wait(), Ok(Some(_))),
-        Duration::from_secs(30),
-    );
+    let exited = eventually::poll(|| matches!(child.try_wait(), Ok(Some(_))), limit);
     if exited.is_err() {
         let _ = child.kill();
         let out = child.wait_with_output().expect("wait sessiongate");
         panic!(
-            "sessiongate {args:?} did not exit within 30 s; stderr:\n{}",
+            "sessiongate {args:?} did not exit within {limit:?}; stderr:\n{}",
             stderr(&out)
         );
     }
@@ -74,7 +79,7 @@ fn assert_exit(o: &Output, code: i32, what: &str) {
 /// A config file (not started) in a temp dir; returns (dir guard, path text, listen addr).
 fn config_with(edit: impl FnOnce(String) -> String) -> (tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let up = crate::harness::ports::dead_addr();
+    let up = dead_addr();
     let builder = GatewayBuilder::new("redis://127.0.0.1:6399/0").route(Route::new(
         "orders",
         "/api/orders",
@@ -345,7 +350,7 @@ fn commands_needing_redis_fail_with_exit_1_when_it_is_down() {
     let builder = GatewayBuilder::new(&redis.url()).route(Route::new(
         "orders",
         "/api/orders",
-        &[crate::harness::ports::dead_addr()],
+        &[dead_addr()],
     ));
     let (path, _, _) = builder.write_config(dir.path());
     redis.stop();
@@ -356,4 +361,71 @@ fn commands_needing_redis_fail_with_exit_1_when_it_is_down() {
         &[],
     );
     assert_exit(&out, 1, "session create with Redis down");
+}
+
+#[test]
+fn run_with_a_bad_config_exits_2() {
+    let (_dir, path, _) =
+        config_with(|t| t.replacen("threads = 1\n", "threads = 1\nbogus_knob = 1\n", 1));
+    assert_exit(
+        &sg(&["run", "--config", &path], None, &[]),
+        2,
+        "run with a bad config",
+    );
+}
+
+#[test]
+fn run_exits_1_when_its_listen_address_is_taken() {
+    let redis = RedisServer::start();
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let builder = GatewayBuilder::new(&redis.url()).route(Route::new(
+        "orders",
+        "/api/orders",
+        &[dead_addr()],
+    ));
+    let (path, listen, _) = builder.write_config(dir.path());
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, text.replacen(&listen.to_string(), &taken_addr, 1))
+        .expect("write config");
+    // A runtime failure is reported promptly, not after retrying for half a minute.
+    let out = sg_within(
+        &["run", "--config", &path.display().to_string()],
+        None,
+        &[],
+        Duration::from_secs(15),
+    );
+    assert_exit(
+        &out,
+        1,
+        "run with its listen address in use (a runtime failure)",
+    );
+    drop(taken);
+}
+
+#[test]
+fn run_exits_0_on_sigterm_within_the_grace_period() {
+    let redis = RedisServer::start();
+    let up = Upstream::echo("echo");
+    let mut gw = GatewayBuilder::new(&redis.url())
+        .route(Route::new("open", "/open", &[up.addr()]).auth("none"))
+        .start();
+    assert_eq!(
+        crate::harness::client()
+            .get(gw.url("/open"))
+            .send()
+            .expect("send")
+            .status(),
+        200
+    );
+    // grace_period = "1s" in every test config.
+    let status = gw
+        .signal_and_wait("TERM", Duration::from_secs(10))
+        .expect("exits within 10 s of SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status}"
+    );
 }

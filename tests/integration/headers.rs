@@ -8,7 +8,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::harness::{
-    GatewayBuilder, RedisServer, Route, Stack, Upstream, client, cookie_header, new_cookie,
+    GatewayBuilder, RedisServer, Route, Stack, Upstream, client, cookie_header, new_cookie, raw,
     session_key,
 };
 
@@ -105,6 +105,26 @@ fn session_cookie_is_stripped_and_other_cookies_stay() {
         assert!(
             !all.contains("__Host-session"),
             "{path}: the session cookie name reached the upstream:\n{all}"
+        );
+    }
+
+    // Two Cookie header lines (HTTP/1.1 clients may send them): stripped from either.
+    for order in [
+        ["a=1".to_owned(), cookie_header(&cookie)],
+        [cookie_header(&cookie), "b=2".to_owned()],
+    ] {
+        let head = format!(
+            "GET /api/orders HTTP/1.1\r\nHost: {addr}\r\nCookie: {}\r\nCookie: {}\r\nConnection: close\r\n\r\n",
+            order[0],
+            order[1],
+            addr = s.gw.addr()
+        );
+        let resp = raw::send(s.gw.addr(), head.as_bytes()).expect("response");
+        assert_eq!(resp.status, 200, "{order:?}");
+        let all = s.up.last().all_header_text();
+        assert!(
+            !all.contains(&cookie),
+            "two Cookie lines {order:?}: the session cookie reached the upstream:\n{all}"
         );
     }
 

@@ -205,3 +205,67 @@ fn concurrent_sessions_are_never_mixed_up() {
     }
     assert_eq!(s.up.count(), 6 * 20);
 }
+
+#[test]
+fn keep_alive_connections_do_not_carry_sessions_between_requests() {
+    let s = Stack::start(routes);
+    let alice = s.login("alice");
+    let bob = s.login("bob");
+    let jwks = s.jwks();
+    let addr = s.gw.addr();
+    let mut stream = raw::connect(addr).expect("connect");
+    let steps: [(&str, Option<&str>, u16, Option<&str>); 6] = [
+        ("/api/orders", Some(&alice), 200, Some("alice")),
+        ("/api/orders", None, 401, None),
+        ("/api/billing", Some(&bob), 200, Some("bob")),
+        ("/public", None, 200, None),
+        ("/api/billing", Some(&new_cookie()), 401, None),
+        ("/api/orders", Some(&alice), 200, Some("alice")),
+    ];
+    for (i, (path, cookie, want, sub)) in steps.into_iter().enumerate() {
+        let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+        if let Some(c) = cookie {
+            head.push_str(&format!("Cookie: {}\r\n", cookie_header(c)));
+        }
+        head.push_str("\r\n");
+        let before = s.up.count();
+        stream.write_all(head.as_bytes()).expect("write");
+        let resp =
+            raw::read_response(&mut stream).unwrap_or_else(|e| panic!("step {i} {path}: {e}"));
+        assert_eq!(
+            resp.status,
+            want,
+            "step {i}: {path} with cookie {}",
+            cookie.is_some()
+        );
+        if want == 200 {
+            assert_eq!(s.up.count(), before + 1, "step {i}");
+            let rec = s.up.last();
+            match sub {
+                Some(sub) => {
+                    let aud = if path == "/api/orders" {
+                        "orders"
+                    } else {
+                        "billing"
+                    };
+                    assert_eq!(
+                        verify(rec.bearer(), &jwks, aud, s.gw.issuer()).str("sub"),
+                        sub,
+                        "step {i}"
+                    );
+                }
+                None => assert_eq!(
+                    rec.header("authorization"),
+                    None,
+                    "step {i}: a token leaked from an earlier request"
+                ),
+            }
+        } else {
+            assert_eq!(
+                s.up.count(),
+                before,
+                "step {i}: refused requests are not forwarded"
+            );
+        }
+    }
+}

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::harness::ports::dead_addr;
 use crate::harness::{
     ALLOWED_ORIGIN, GatewayBuilder, RedisServer, Route, Stack, Upstream, assert_eventually, client,
-    cookie_header, new_cookie, now, raw, session_key,
+    cookie_header, new_cookie, now, raw, session_json, session_key,
 };
 
 /// `orders`: required, not critical; `billing`: required, critical; `public`: none.
@@ -477,7 +477,7 @@ fn redis_outage_is_503_on_critical_routes_and_served_from_cache_on_others() {
     let cookie = new_cookie();
     s.redis.set_session(
         &session_key(s.gw.key_prefix(), &cookie),
-        &crate::harness::session_json("user-back"),
+        &session_json("user-back"),
         60,
     );
     assert_eventually!(
@@ -519,7 +519,7 @@ fn unreachable_upstream_is_502() {
     let cookie = new_cookie();
     redis.set_session(
         &session_key(gw.key_prefix(), &cookie),
-        &crate::harness::session_json("user-1"),
+        &session_json("user-1"),
         60,
     );
     let resp = http
@@ -569,4 +569,101 @@ fn auth_optional_route_adds_a_token_only_for_a_valid_session() {
     assert_eq!(s.status("/feed", Some(&cookie)), 200, "valid session");
     assert_eq!(s.last_token("feed").str("sub"), "user-1");
     assert_eq!(s.up.count(), 4);
+}
+
+#[test]
+fn key_prefix_and_hashed_keys_select_the_redis_key() {
+    // hashed_keys = false: the key is key_prefix + the cookie value itself.
+    let s = Stack::start(|b, up| standard(b, up).key_prefix("app1:s:").hashed_keys(false));
+    let cookie = new_cookie();
+    s.redis
+        .set_session(&format!("app1:s:{cookie}"), &session_json("user-raw"), 60);
+    assert_eq!(s.status("/api/billing", Some(&cookie)), 200);
+    assert_eq!(s.last_token("billing").str("sub"), "user-raw");
+    let hashed = new_cookie();
+    s.redis.set_session(
+        &session_key("app1:s:", &hashed),
+        &session_json("user-hashed"),
+        60,
+    );
+    assert_unauthenticated(
+        s.get("/api/billing", Some(&hashed)),
+        "a hashed key while hashed_keys = false",
+    );
+
+    // hashed_keys = true with another prefix: prefix + sha256 hex; the default prefix is not read.
+    let s = Stack::start(|b, up| standard(b, up).key_prefix("app2:"));
+    let cookie = new_cookie();
+    s.redis.set_session(
+        &session_key("app2:", &cookie),
+        &session_json("user-app2"),
+        60,
+    );
+    assert_eq!(s.status("/api/billing", Some(&cookie)), 200);
+    let stray = new_cookie();
+    s.redis.set_session(
+        &session_key("sg:session:", &stray),
+        &session_json("user-default"),
+        60,
+    );
+    assert_unauthenticated(
+        s.get("/api/billing", Some(&stray)),
+        "a key under another prefix",
+    );
+}
+
+#[test]
+fn cached_session_is_refused_once_past_its_exp() {
+    let s = Stack::start(|b, up| standard(b, up).cache_ttl("30s"));
+    let cookie = s.login_json(&json!({"sub": "user-1", "exp": now() + 2}).to_string());
+    assert_eq!(s.status("/api/orders", Some(&cookie)), 200);
+    // The key lives on in Redis and the cache may keep the session 30 s, but exp wins.
+    assert_eventually!(
+        s.status("/api/orders", Some(&cookie)) == 401,
+        Duration::from_secs(5)
+    );
+    assert!(s.redis.exists(&s.key(&cookie)));
+}
+
+#[test]
+fn gateway_started_while_redis_is_down_is_alive_not_ready_and_recovers() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let up = Upstream::echo("echo");
+    let gw = standard(GatewayBuilder::new(&redis.url()), &up).start_alive();
+    let http = client();
+    let status = |url: String, cookie: Option<&str>| {
+        let mut req = http.get(url);
+        if let Some(c) = cookie {
+            req = req.header("cookie", cookie_header(c));
+        }
+        req.send().map(|r| r.status().as_u16()).unwrap_or(0)
+    };
+    let cookie = new_cookie();
+    assert_ne!(
+        status(gw.admin_url("/readyz"), None),
+        200,
+        "/readyz is 200 only when Redis answers"
+    );
+    assert_eq!(
+        status(gw.url("/api/billing"), Some(&cookie)),
+        503,
+        "critical route, Redis unreachable"
+    );
+    assert_eq!(up.count(), 0);
+
+    redis.restart();
+    redis.set_session(
+        &session_key(gw.key_prefix(), &cookie),
+        &session_json("user-late"),
+        60,
+    );
+    assert_eventually!(
+        status(gw.admin_url("/readyz"), None) == 200,
+        Duration::from_secs(10)
+    );
+    assert_eventually!(
+        status(gw.url("/api/billing"), Some(&cookie)) == 200,
+        Duration::from_secs(10)
+    );
 }

@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -116,6 +116,7 @@ pub(crate) struct GatewayBuilder {
     redis_url: String,
     routes: Vec<Route>,
     key_prefix: String,
+    hashed_keys: bool,
     cache_ttl: String,
     subject_field: String,
     claims: Vec<String>,
@@ -135,6 +136,7 @@ impl GatewayBuilder {
             redis_url: redis_url.to_owned(),
             routes: Vec::new(),
             key_prefix: DEFAULT_PREFIX.to_owned(),
+            hashed_keys: true,
             cache_ttl: "5s".to_owned(),
             subject_field: "sub".to_owned(),
             claims: vec!["roles".to_owned(), "email".to_owned()],
@@ -151,6 +153,18 @@ impl GatewayBuilder {
     /// Adds a route.
     pub(crate) fn route(mut self, route: Route) -> Self {
         self.routes.push(route);
+        self
+    }
+
+    /// Sets `session.key_prefix`.
+    pub(crate) fn key_prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.key_prefix);
+        self
+    }
+
+    /// Sets `session.hashed_keys`.
+    pub(crate) fn hashed_keys(mut self, hashed: bool) -> Self {
+        self.hashed_keys = hashed;
         self
     }
 
@@ -227,7 +241,7 @@ pool_size = 2
 [session]
 cookie = {cookie}
 key_prefix = {prefix}
-hashed_keys = true
+hashed_keys = {hashed_keys}
 cache_ttl = {cache_ttl}
 subject_field = {subject_field}
 claims = {claims}
@@ -254,6 +268,7 @@ allowed_origins = {origins}
             redis = q(&self.redis_url),
             cookie = q(COOKIE_NAME),
             prefix = q(&self.key_prefix),
+            hashed_keys = self.hashed_keys,
             cache_ttl = q(&self.cache_ttl),
             subject_field = q(&self.subject_field),
             claims = list(&self.claims),
@@ -292,6 +307,19 @@ allowed_origins = {origins}
     /// # Panics
     /// If it exits or is not ready within 20 s (with its logs in the message).
     pub(crate) fn start(&self) -> Gateway {
+        self.start_until("/readyz")
+    }
+
+    /// Starts the gateway and waits only until `/healthz` answers 200 (for a gateway
+    /// that cannot be ready, e.g. while Redis is down).
+    ///
+    /// # Panics
+    /// If it exits or is not alive within 20 s (with its logs in the message).
+    pub(crate) fn start_alive(&self) -> Gateway {
+        self.start_until("/healthz")
+    }
+
+    fn start_until(&self, probe: &str) -> Gateway {
         let dir = tempfile::Builder::new()
             .prefix("sg-gateway")
             .tempdir()
@@ -314,7 +342,7 @@ allowed_origins = {origins}
                 (gw.config_path, gw.listen, gw.admin) = (config_path, listen, admin);
             }
             gw.spawn();
-            match gw.wait_ready(Duration::from_secs(20)) {
+            match gw.wait_ready(probe, Duration::from_secs(20)) {
                 Ready::Yes => return gw,
                 Ready::PortTaken(logs) => {
                     last = logs;
@@ -408,6 +436,7 @@ impl Gateway {
             .arg("--config")
             .arg(&self.config_path)
             .env_remove("SESSIONGATE_CONFIG")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -416,7 +445,7 @@ impl Gateway {
         self.child = Some(child);
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> Ready {
+    fn wait_ready(&mut self, probe: &str, timeout: Duration) -> Ready {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(child) = self.child.as_mut()
@@ -428,15 +457,44 @@ impl Gateway {
                 }
                 return Ready::Failed(format!("sessiongate exited with {status}"));
             }
-            if let Ok(resp) = raw::get(self.admin, "/readyz", &[])
+            // Pingora retries a bind for 30 s while "in use": take new ports at once.
+            let logs = self.logs();
+            if logs.contains("is in use, will try again") {
+                return Ready::PortTaken(logs);
+            }
+            if let Ok(resp) = raw::get(self.admin, probe, &[])
                 && resp.status == 200
             {
                 return Ready::Yes;
             }
             if Instant::now() >= deadline {
-                return Ready::Failed(format!("/readyz was not 200 within {timeout:?}"));
+                return Ready::Failed(format!("{probe} was not 200 within {timeout:?}"));
             }
             pause(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (e.g. `"TERM"`) and waits up to `timeout` for the process to exit;
+    /// `None` if it is still running then (it is killed on drop).
+    pub(crate) fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        timeout: Duration,
+    ) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            pause(Duration::from_millis(15));
         }
     }
 
