@@ -22,3 +22,4 @@ pub mod route;
 pub mod server;
 pub mod telemetry;
 mod tidy;
+pub mod tls;

@@ -47,6 +47,8 @@ pub struct ProxySettings {
     pub jwks_max_age: Duration,
     /// Whether the proxy listener speaks TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
+    /// `Strict-Transport-Security` for every response, on a TLS listener.
+    pub hsts: Option<HeaderValue>,
 }
 
 impl ProxySettings {
@@ -61,6 +63,12 @@ impl ProxySettings {
             max_cookie_header_bytes: config.server.max_cookie_header_bytes,
             jwks_max_age: jwks::max_age(config.keys.publish_ahead),
             tls: config.server.tls.is_some(),
+            hsts: config
+                .server
+                .hsts
+                .as_deref()
+                .filter(|_| config.server.tls.is_some())
+                .and_then(|v| HeaderValue::from_str(v).ok()),
         }
     }
 }
@@ -148,6 +156,10 @@ fn session_cookie<'a>(req: &'a RequestHeader, name: &str) -> (Option<&'a str>, u
 }
 
 impl Gateway {
+    fn hsts(&self, ctx: &RequestCtx) -> Option<HeaderValue> {
+        ctx.settings.as_ref().and_then(|s| s.hsts.clone())
+    }
+
     async fn refuse(
         &self,
         session: &mut Session,
@@ -160,7 +172,7 @@ impl Gateway {
             .auth_refusals
             .with_label_values(&[route, refusal.reason()])
             .inc();
-        respond::send(session, &refusal).await?;
+        respond::send(session, &refusal, self.hsts(ctx)).await?;
         Ok(true)
     }
 
@@ -202,7 +214,7 @@ impl Gateway {
         let set = self.exchange.minter().keyring().load_full();
         let (header, body) = jwks::response(set.jwks(), session.req_header(), max_age)?;
         ctx.refused = Some("jwks");
-        respond::write(session, header, body).await?;
+        respond::write(session, header, body, self.hsts(ctx)).await?;
         Ok(true)
     }
 
@@ -283,7 +295,7 @@ impl Gateway {
             header.insert_header("vary", "Origin")?;
         }
         ctx.refused = Some("exchange");
-        respond::write(session, header, Bytes::from(body)).await?;
+        respond::write(session, header, Bytes::from(body), self.hsts(ctx)).await?;
         Ok(true)
     }
 
@@ -314,7 +326,7 @@ impl Gateway {
         header.insert_header("access-control-max-age", "600")?;
         header.insert_header("vary", "Origin")?;
         ctx.refused = Some("preflight");
-        respond::write(session, header, Bytes::new()).await?;
+        respond::write(session, header, Bytes::new(), self.hsts(ctx)).await?;
         Ok(true)
     }
 
@@ -545,6 +557,18 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(hsts) = self.hsts(ctx) {
+            upstream_response.insert_header("strict-transport-security", hsts)?;
+        }
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -610,7 +634,7 @@ impl ProxyHttp for Gateway {
             0
         } else {
             let status = refusal.status();
-            if let Err(write_err) = respond::send(session, &refusal).await {
+            if let Err(write_err) = respond::send(session, &refusal, self.hsts(ctx)).await {
                 warn!(error = %write_err, "Could not write the error response.");
             }
             status

@@ -1,6 +1,7 @@
 //! The one place that turns a refusal into an HTTP response. Bodies never carry internals.
 
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
@@ -90,21 +91,29 @@ impl Refusal {
 ///
 /// # Errors
 /// When the client connection fails.
-pub async fn send(session: &mut Session, refusal: &Refusal) -> pingora::Result<u16> {
+pub async fn send(
+    session: &mut Session,
+    refusal: &Refusal,
+    hsts: Option<HeaderValue>,
+) -> pingora::Result<u16> {
     let (header, body) = refusal.response()?;
-    write(session, header, body).await?;
+    write(session, header, body, hsts).await?;
     Ok(refusal.status())
 }
 
-/// Writes a complete response.
+/// Writes a complete response, with `Strict-Transport-Security` when given.
 ///
 /// # Errors
 /// When the client connection fails.
 pub async fn write(
     session: &mut Session,
-    header: ResponseHeader,
+    mut header: ResponseHeader,
     body: Bytes,
+    hsts: Option<HeaderValue>,
 ) -> pingora::Result<()> {
+    if let Some(hsts) = hsts {
+        header.insert_header("strict-transport-security", hsts)?;
+    }
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(header), head_only)

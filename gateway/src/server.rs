@@ -205,6 +205,14 @@ pub fn assemble(
     let metrics = Arc::new(Metrics::register(&registry)?);
     let exchange_metrics = Arc::new(exchange::Metrics::register(&registry)?);
     let reload_metrics = crate::reload::ReloadMetrics::register(&registry)?;
+    let cert_reloads = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "sessiongate_tls_cert_reloads_total",
+            "Reloads of the proxy listener's TLS certificate, by result.",
+        ),
+        &["result"],
+    )?;
+    registry.register(Box::new(cert_reloads.clone()))?;
     let background = background_runtime()?;
 
     let (store, redis): (Arc<dyn SessionStore>, Option<RedisStore>) = match sessions {
@@ -328,12 +336,43 @@ pub fn assemble(
     );
     let listen = config.server.listen.to_string();
     match &config.server.tls {
-        Some(tls) => proxy
-            .add_tls(&listen, &path_str(&tls.cert), &path_str(&tls.key))
-            .map_err(|e| StartError::Listener {
-                addr: listen.clone(),
-                message: e.to_string(),
-            })?,
+        Some(tls) => {
+            let resolver = Arc::new(crate::tls::CertReloader::load(&tls.cert, &tls.key).map_err(
+                |e| StartError::Listener {
+                    addr: listen.clone(),
+                    message: e.to_string(),
+                },
+            )?);
+            let mut settings =
+                pingora::listeners::tls::TlsSettings::intermediate("", "").map_err(|e| {
+                    StartError::Listener {
+                        addr: listen.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+            settings.set_cert_resolver(resolver.clone());
+            settings.enable_h2();
+            proxy.add_tls_with_settings(&listen, None, settings);
+            let reloads = cert_reloads;
+            background.spawn(async move {
+                loop {
+                    tokio::time::sleep(crate::tls::CHECK_EVERY).await;
+                    let r = resolver.clone();
+                    match tokio::task::spawn_blocking(move || r.reload_if_changed()).await {
+                        Ok(Ok(true)) => {
+                            reloads.with_label_values(&["ok"]).inc();
+                            info!("TLS certificate reloaded.");
+                        }
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => {
+                            reloads.with_label_values(&["error"]).inc();
+                            error!(error = %e, "TLS certificate reload failed; keeping the current certificate.");
+                        }
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
         None => proxy.add_tcp(&listen),
     }
 
@@ -369,10 +408,6 @@ pub fn assemble(
         keys: manager,
         gateway: GatewayHandles { routes, settings },
     })
-}
-
-fn path_str(p: &std::path::Path) -> String {
-    p.to_string_lossy().into_owned()
 }
 
 /// Runs an assembled gateway until a shutdown signal (SIGINT fast, SIGTERM graceful,

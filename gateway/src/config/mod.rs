@@ -69,6 +69,8 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// Requests with a larger `Cookie` header get 400.
     pub max_cookie_header_bytes: usize,
+    /// `Strict-Transport-Security` value for responses on a TLS listener, if any.
+    pub hsts: Option<String>,
     /// Unix socket used to hand listeners over in a graceful upgrade.
     pub upgrade_sock: PathBuf,
 }
@@ -316,6 +318,7 @@ impl From<&Config> for ConfigDto {
                 threads: c.server.threads,
                 grace_period: c.server.grace_period,
                 max_cookie_header_bytes: c.server.max_cookie_header_bytes,
+                hsts: c.server.hsts.clone().unwrap_or_default(),
                 upgrade_sock: path_string(&c.server.upgrade_sock),
             },
             redis: RedisDto {
@@ -492,6 +495,7 @@ upstreams = ["127.0.0.1:9001"]
                 threads: 2,
                 grace_period: Duration::from_secs(30),
                 max_cookie_header_bytes: 8192,
+                hsts: None,
                 upgrade_sock: PathBuf::from("/tmp/sessiongate-upgrade.sock"),
             },
             redis: RedisConfig {
@@ -629,6 +633,7 @@ auth = "none"
                 threads: 8,
                 grace_period: Duration::from_secs(5),
                 max_cookie_header_bytes: 4096,
+                hsts: None,
                 upgrade_sock: "/run/sg/upgrade.sock".into(),
             },
             redis: RedisConfig {
@@ -741,6 +746,11 @@ auth = "none"
                 "[server]\nmax_cookie_header_bytes = 0",
                 "server.max_cookie_header_bytes",
             ),
+            (
+                "[server]\nhsts = \"includeSubDomains\"\ntls = { cert = \"c.pem\", key = \"k.pem\" }",
+                "server.hsts",
+            ),
+            ("[server]\nhsts = \"max-age=60\"", "server.hsts"),
             ("[redis]\nurl = \"http://127.0.0.1:6379\"", "redis.url"),
             ("[redis]\nurl = \"127.0.0.1:6379\"", "redis.url"),
             ("[redis]\nurl = \"redis://\"", "redis.url"),

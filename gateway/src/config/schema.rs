@@ -51,6 +51,9 @@ pub struct ServerDto {
     pub grace_period: Duration,
     /// *Extension.* Requests whose `Cookie` header is larger get 400. Default `8192`.
     pub max_cookie_header_bytes: usize,
+    /// *Extension.* `Strict-Transport-Security` value added to responses on a TLS
+    /// listener, e.g. `"max-age=31536000; includeSubDomains"`. Default `""` (none).
+    pub hsts: String,
     /// *Extension.* Unix socket used to hand listeners over in a graceful upgrade.
     /// Default `"/tmp/sessiongate-upgrade.sock"`.
     pub upgrade_sock: String,
@@ -197,6 +200,7 @@ impl Default for ServerDto {
             threads: 2,
             grace_period: Duration::from_secs(30),
             max_cookie_header_bytes: 8192,
+            hsts: String::new(),
             upgrade_sock: "/tmp/sessiongate-upgrade.sock".into(),
         }
     }

@@ -506,6 +506,22 @@ fn server(dto: &ConfigDto, v: &mut Errors) -> ServerConfig {
     if s.upgrade_sock.is_empty() {
         v.push("server.upgrade_sock", "must not be empty");
     }
+    let hsts = s.hsts.trim();
+    if !hsts.is_empty() {
+        if !hsts.to_ascii_lowercase().starts_with("max-age=")
+            || hsts.bytes().any(|b| b.is_ascii_control())
+        {
+            v.push(
+                "server.hsts",
+                "must be a Strict-Transport-Security value starting with `max-age=`",
+            );
+        } else if s.tls.is_none() {
+            v.push(
+                "server.hsts",
+                "only applies with server.tls (HSTS over plain HTTP is ignored by browsers)",
+            );
+        }
+    }
     ServerConfig {
         listen: listen.unwrap_or_else(unspecified),
         admin_listen: admin_listen.unwrap_or_else(unspecified),
@@ -513,6 +529,7 @@ fn server(dto: &ConfigDto, v: &mut Errors) -> ServerConfig {
         threads: s.threads,
         grace_period: s.grace_period,
         max_cookie_header_bytes: s.max_cookie_header_bytes,
+        hsts: (!hsts.is_empty()).then(|| hsts.to_owned()),
         upgrade_sock: PathBuf::from(&s.upgrade_sock),
     }
 }
