@@ -500,6 +500,7 @@ impl ProxyHttp for Gateway {
         ctx.upstream = Some(chosen.addr);
         ctx.tries += 1;
         let mut peer = HttpPeer::new(chosen.addr, chosen.tls, chosen.sni);
+        peer.options.ca = chosen.ca;
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.total_connection_timeout = Some(Duration::from_secs(5));
         Ok(Box::new(peer))

@@ -43,13 +43,14 @@ pub struct Route {
 /// A route's upstreams: round-robin over backends, skipping ones that recently failed.
 pub struct Upstreams {
     lb: LoadBalancer<RoundRobin>,
+    ca: Option<Arc<pingora::protocols::tls::CaType>>,
     tls: HashMap<SocketAddr, (bool, String)>,
     ejected_until: HashMap<SocketAddr, AtomicU64>,
     epoch: Instant,
 }
 
 /// A chosen upstream.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Chosen {
     /// Address to connect to.
     pub addr: SocketAddr,
@@ -57,6 +58,8 @@ pub struct Chosen {
     pub tls: bool,
     /// SNI / Host name for TLS.
     pub sni: String,
+    /// CA the upstream must chain to (system roots when `None`).
+    pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
 }
 
 /// Why a route table could not be built.
@@ -101,8 +104,17 @@ impl Upstreams {
             message: e.to_string(),
         })?;
         let ejected_until = addrs.iter().map(|a| (*a, AtomicU64::new(0))).collect();
+        let ca = match &route.ca_file {
+            Some(path) => Some(load_ca(path).map_err(|message| RouteError {
+                route: route.name.clone(),
+                upstream: path.display().to_string(),
+                message,
+            })?),
+            None => None,
+        };
         Ok(Self {
             lb,
+            ca,
             tls,
             ejected_until,
             epoch: Instant::now(),
@@ -130,7 +142,12 @@ impl Upstreams {
             .get(&addr)
             .cloned()
             .unwrap_or((false, String::new()));
-        Some(Chosen { addr, tls, sni })
+        Some(Chosen {
+            addr,
+            tls,
+            sni,
+            ca: self.ca.clone(),
+        })
     }
 
     fn ejected(&self, b: &Backend) -> Option<u64> {
@@ -157,6 +174,20 @@ impl Upstreams {
     pub fn is_empty(&self) -> bool {
         self.ejected_until.is_empty()
     }
+}
+
+/// Loads a PEM CA certificate for upstream TLS verification.
+fn load_ca(path: &std::path::Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+    use pingora::utils::tls::{WrappedX509, parse_x509};
+    let der =
+        pingora::tls::load_pem_file_ca(&path.display().to_string()).map_err(|e| e.to_string())?;
+    if der.is_empty() {
+        return Err("no certificate in the CA file".into());
+    }
+    // Pingora's parser panics on bad DER; this runs only when the route table is built.
+    let wrapped = std::panic::catch_unwind(|| WrappedX509::new(der, parse_x509))
+        .map_err(|_| "the CA file does not hold a valid X.509 certificate".to_owned())?;
+    Ok(Arc::from(vec![wrapped].into_boxed_slice()))
 }
 
 /// All routes, ordered for matching. Immutable; replaced whole on reload.

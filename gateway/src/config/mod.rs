@@ -217,6 +217,8 @@ pub struct RouteConfig {
     pub critical: bool,
     /// Token lifetime: the route's override or `token.ttl`.
     pub token_ttl: Duration,
+    /// CA certificate for `https://` upstreams (system roots when `None`).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[log]`.
@@ -388,6 +390,11 @@ impl From<&Config> for ConfigDto {
                     auth: r.auth.as_str().to_owned(),
                     critical: r.critical,
                     token_ttl: format_duration(r.token_ttl),
+                    ca_file: r
+                        .ca_file
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
                 })
                 .collect(),
         }
@@ -482,6 +489,7 @@ upstreams = ["127.0.0.1:9001"]
             auth: AuthMode::Required,
             critical: false,
             token_ttl: Duration::from_secs(300),
+            ca_file: None,
         }
     }
 
@@ -698,6 +706,7 @@ auth = "none"
                     auth: AuthMode::Optional,
                     critical: true,
                     token_ttl: Duration::from_secs(90),
+                    ca_file: None,
                 },
                 RouteConfig {
                     name: "static_files".into(),
@@ -711,6 +720,7 @@ auth = "none"
                     auth: AuthMode::None,
                     critical: false,
                     token_ttl: Duration::from_secs(86_400),
+                    ca_file: None,
                 },
             ],
             log: LogConfig {

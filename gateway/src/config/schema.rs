@@ -187,6 +187,9 @@ pub struct RouteDto {
     pub critical: bool,
     /// Token lifetime override, at most `token.ttl`; `""` means `token.ttl`. Default `""`.
     pub token_ttl: String,
+    /// *Extension.* PEM CA certificate that `https://` upstreams must chain to; `""`
+    /// means the system roots. Default `""`.
+    pub ca_file: String,
 }
 
 // === impl Default ===
@@ -286,6 +289,7 @@ impl Default for RouteDto {
             auth: "required".into(),
             critical: false,
             token_ttl: String::new(),
+            ca_file: String::new(),
         }
     }
 }

@@ -988,6 +988,7 @@ fn routes(dto: &ConfigDto, v: &mut Errors) -> Vec<RouteConfig> {
             auth,
             critical: r.critical,
             token_ttl,
+            ca_file: (!r.ca_file.is_empty()).then(|| PathBuf::from(&r.ca_file)),
         });
     }
     out
