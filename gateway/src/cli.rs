@@ -150,7 +150,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config, upgrade } => {
             let config_path = config.config;
             let config = load(&config_path)?;
-            crate::telemetry::init(&config.log);
+            let _log = crate::telemetry::init(&config.log);
             let assembly =
                 server::assemble(&config, Some(&config_path), SessionBackend::Redis, upgrade)?;
             tracing::info!(listen = %config.server.listen, admin = %config.server.admin_listen, "sessiongate starting.");

@@ -96,7 +96,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         let msg: Vec<String> = errors.iter().map(ToString::to_string).collect();
         crate::cli::UsageError(format!("dev config invalid: {}", msg.join("; ")))
     })?;
-    crate::telemetry::init(&config.log);
+    let _log = crate::telemetry::init(&config.log);
 
     let store = Arc::new(MemoryStore::new());
     let mut assembly =

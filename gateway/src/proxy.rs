@@ -95,7 +95,6 @@ pub struct RequestCtx {
     kid: Option<keys::Kid>,
     session_outcome: &'static str,
     settings: Option<Arc<ProxySettings>>,
-    host: Option<String>,
     upstream: Option<SocketAddr>,
     tries: usize,
     refused: Option<&'static str>,
@@ -387,7 +386,6 @@ impl ProxyHttp for Gateway {
             kid: None,
             session_outcome: "none",
             settings: None,
-            host: None,
             upstream: None,
             tries: 0,
             refused: None,
@@ -429,14 +427,23 @@ impl ProxyHttp for Gateway {
             .get(HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| uri.host())
-            .map(|h| host_of(h).to_ascii_lowercase());
+            .map(host_of)
+            .map(|h| {
+                if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                    std::borrow::Cow::Owned(h.to_ascii_lowercase())
+                } else {
+                    std::borrow::Cow::Borrowed(h)
+                }
+            });
         let routes = self.routes.load();
         let Some(route) = routes.find(host.as_deref(), &path).cloned() else {
             return self.refuse(session, ctx, Refusal::NotFound).await;
         };
         ctx.route = Some(route.clone());
-        ctx.host = host;
-        ctx.forward_uri = Some(forward_uri(&path, uri.query())?);
+        // Forward the normalized path; rebuild the URI only when normalization changed it.
+        if path.as_str() != uri.path() || uri.scheme().is_some() {
+            ctx.forward_uri = Some(forward_uri(&path, uri.query())?);
+        }
 
         let (raw_cookie, total) = session_cookie(req, &settings.cookie);
         if total > settings.max_cookie_header_bytes {

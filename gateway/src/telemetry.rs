@@ -5,9 +5,17 @@ use tracing_subscriber::fmt;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Keeps the log writer thread alive; dropping it flushes what is queued.
+pub struct LogGuard {
+    _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the config's filter.
-/// Safe to call more than once (later calls are ignored).
-pub fn init(log: &LogConfig) {
+/// Log lines are handed to a dedicated writer thread, so request threads never block on
+/// stderr; if it falls behind, lines are dropped rather than stalling requests. Keep the
+/// returned guard until exit. Safe to call more than once (later calls are ignored).
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init(log: &LogConfig) -> LogGuard {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
@@ -16,12 +24,20 @@ pub fn init(log: &LogConfig) {
     // Pingora logs through the `log` crate; route it into tracing.
     let _ = tracing_log::LogTracer::init();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("sessiongate-log")
+        .finish(std::io::stderr());
     let builder = fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi);
-    let _ = match log.format {
+    let installed = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Human => builder.try_init(),
     };
+    LogGuard {
+        _worker: installed.is_ok().then_some(guard),
+    }
 }
