@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, EventInterface, ReconnectPolicy, TrackingInterface,
+    Builder, Client, ClientInterface, ClientLike, ClusterInterface, Config, EventInterface,
+    ReconnectPolicy, TrackingInterface,
 };
 use fred::types::RespVersion;
 use tokio::sync::broadcast::error::RecvError;
@@ -175,16 +176,12 @@ impl Tracker {
     /// Turns tracking on for the session prefix, then flushes the cache.
     async fn arm(&self) -> bool {
         let prefix = self.settings.key_prefix.as_str();
-        match self
-            .client
-            .start_tracking(prefix, true, false, false, false)
-            .await
-        {
-            Ok(()) => {
+        match self.enable_tracking(prefix).await {
+            Ok(nodes) => {
                 // Anything cached before now may have missed an invalidation.
                 self.flush("rearmed");
                 self.metrics.push_connected.set(1);
-                info!(prefix, "Invalidation channel armed.");
+                info!(prefix, nodes, "Invalidation channel armed.");
                 true
             }
             Err(e) => {
@@ -193,6 +190,52 @@ impl Tracker {
                 false
             }
         }
+    }
+
+    /// `CLIENT TRACKING ON BCAST PREFIX p` on every connection of the client: in a
+    /// cluster, BCAST tracking is per node and fred would send it to one node only, so it
+    /// is sent to every primary explicitly. Each connection is switched off first, which
+    /// makes arming idempotent (Redis refuses a prefix a connection already tracks); the
+    /// caller flushes the cache afterwards, so nothing missed in between is trusted.
+    /// Returns the number of nodes armed.
+    async fn enable_tracking(&self, prefix: &str) -> Result<usize, fred::error::Error> {
+        let nodes = if self.client.is_clustered() {
+            let nodes = self
+                .client
+                .cached_cluster_state()
+                .map(|state| state.unique_primary_nodes())
+                .unwrap_or_default();
+            if nodes.is_empty() {
+                return Err(fred::error::Error::new(
+                    fred::error::ErrorKind::Cluster,
+                    "no cluster nodes known yet",
+                ));
+            }
+            nodes.into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        for node in &nodes {
+            let target = match node {
+                Some(server) => self.client.with_cluster_node(server.clone()),
+                None => self.client.with_options(&fred::prelude::Options::default()),
+            };
+            let _ = target
+                .client_tracking::<(), _, _>(
+                    "OFF",
+                    None,
+                    Vec::<String>::new(),
+                    false,
+                    false,
+                    false,
+                    false,
+                )
+                .await;
+            target
+                .client_tracking::<(), _, _>("ON", None, prefix, true, false, false, false)
+                .await?;
+        }
+        Ok(nodes.len())
     }
 
     fn flush(&self, why: &'static str) {

@@ -21,8 +21,6 @@ pub fn init(log: &LogConfig) -> LogGuard {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&log.filter).ok())
         .unwrap_or_else(|| EnvFilter::new("warn"));
-    // Pingora logs through the `log` crate; route it into tracing.
-    let _ = tracing_log::LogTracer::init();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
@@ -33,6 +31,9 @@ pub fn init(log: &LogConfig) -> LogGuard {
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(ansi);
+    // try_init also installs the `log` → tracing bridge (Pingora logs through `log`). It
+    // fails when a subscriber is already installed (a second call); only then is this
+    // writer unused.
     let installed = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Human => builder.try_init(),
