@@ -14,6 +14,7 @@ mod exchange;
 mod headers;
 mod interop;
 mod jwks;
+mod keyring;
 mod robustness;
 mod routing;
 mod status_table;

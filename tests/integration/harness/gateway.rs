@@ -127,6 +127,8 @@ pub(crate) struct GatewayBuilder {
     algorithm: String,
     publish_ahead: String,
     allowed_origins: Vec<String>,
+    overrides: Vec<(String, toml::Value)>,
+    env: Vec<(String, String)>,
 }
 
 impl GatewayBuilder {
@@ -147,7 +149,30 @@ impl GatewayBuilder {
             algorithm: "ES256".to_owned(),
             publish_ahead: "30m".to_owned(),
             allowed_origins: vec![ALLOWED_ORIGIN.to_owned()],
+            overrides: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets any config key by its dotted path (`"session.push_invalidation"`,
+    /// `"keys.rotate_every"`, `"log.format"`), replacing what the builder would write.
+    /// Applied after everything else, in call order.
+    pub(crate) fn set(mut self, path: &str, value: impl Into<toml::Value>) -> Self {
+        self.overrides.push((path.to_owned(), value.into()));
+        self
+    }
+
+    /// Sets an environment variable of the gateway process.
+    pub(crate) fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// `keys.store = "redis"` with `kek` (base64 of 32 bytes) in `SESSIONGATE_KEK`.
+    pub(crate) fn redis_keys(self, kek: &str) -> Self {
+        self.set("keys.store", "redis")
+            .set("keys.dir", "")
+            .env("SESSIONGATE_KEK", kek)
     }
 
     /// Adds a route.
@@ -284,7 +309,24 @@ allowed_origins = {origins}
         for route in &self.routes {
             route.write_toml(&mut out);
         }
-        out
+        if self.overrides.is_empty() {
+            return out;
+        }
+        let mut table: toml::Table = out.parse().expect("the builder writes valid TOML");
+        for (path, value) in &self.overrides {
+            let mut parts: Vec<&str> = path.split('.').collect();
+            let last = parts.pop().expect("a non-empty key path");
+            let mut at = &mut table;
+            for part in parts {
+                at = at
+                    .entry(part)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .unwrap_or_else(|| panic!("{path}: {part} is not a table"));
+            }
+            at.insert(last.to_owned(), value.clone());
+        }
+        toml::to_string(&table).expect("TOML serializes")
     }
 
     /// Writes the config (with fresh free ports) into `dir`, creating `dir/keys`, and
@@ -327,6 +369,7 @@ allowed_origins = {origins}
         let (config_path, listen, admin) = self.write_config(dir.path());
         let mut gw = Gateway {
             child: None,
+            env: self.env.clone(),
             listen,
             admin,
             config_path,
@@ -370,6 +413,7 @@ enum Ready {
 /// A running `sessiongate run`.
 pub(crate) struct Gateway {
     child: Option<Child>,
+    env: Vec<(String, String)>,
     listen: SocketAddr,
     admin: SocketAddr,
     config_path: PathBuf,
@@ -436,7 +480,9 @@ impl Gateway {
             .arg("--config")
             .arg(&self.config_path)
             .env_remove("SESSIONGATE_CONFIG")
+            .env_remove("SESSIONGATE_KEK")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

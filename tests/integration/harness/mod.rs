@@ -67,6 +67,12 @@ pub(crate) fn new_cookie() -> String {
     URL_SAFE_NO_PAD.encode(h.finalize())
 }
 
+/// A fresh key-encryption key: standard base64 of 32 bytes that differ on every call.
+pub(crate) fn new_kek() -> String {
+    let seed = new_cookie();
+    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(seed.as_bytes()))
+}
+
 /// `__Host-session=<value>`, a `Cookie` header value carrying only the session cookie.
 pub(crate) fn cookie_header(value: &str) -> String {
     format!("{COOKIE_NAME}={value}")
