@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if ((${#need[@]})); then
   echo "==> installing ${need[*]} from Debian's packages"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

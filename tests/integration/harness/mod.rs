@@ -12,6 +12,7 @@ pub(crate) mod gateway;
 pub(crate) mod ports;
 pub(crate) mod raw;
 pub(crate) mod redis;
+pub(crate) mod topology;
 pub(crate) mod upstream;
 
 use std::sync::Once;

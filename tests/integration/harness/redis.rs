@@ -42,6 +42,7 @@ pub(crate) struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -50,6 +51,15 @@ impl RedisServer {
     /// # Panics
     /// If no server could be started.
     pub(crate) fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`RedisServer::start`] with extra `redis-server` arguments (e.g.
+    /// `["--cluster-enabled", "yes"]`, or `["--replicaof", "127.0.0.1", "6379"]`).
+    ///
+    /// # Panics
+    /// If no server could be started.
+    pub(crate) fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sg-redis")
             .tempdir()
@@ -58,6 +68,7 @@ impl RedisServer {
             port: 0,
             child: None,
             dir,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         };
         let mut last_log = String::new();
         for _ in 0..5 {
@@ -72,6 +83,11 @@ impl RedisServer {
             }
         }
         panic!("could not start redis-server; last log:\n{last_log}");
+    }
+
+    /// The port it listens on (loopback).
+    pub(crate) fn port(&self) -> u16 {
+        self.port
     }
 
     /// `redis://127.0.0.1:PORT/0`.
@@ -193,6 +209,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)

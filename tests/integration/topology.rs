@@ -1,0 +1,127 @@
+//! The distributed engines: Redis Cluster and Sentinel, through fred's URL forms
+//! (SPEC "Configuration": `redis.url` takes cluster and sentinel forms).
+//!
+//! Sessions spread over every cluster master must authenticate and revoke like on a
+//! single server, with the shared keyring in the cluster too; behind Sentinel the
+//! gateway must find the master, and after a failover keep serving the same sessions
+//! from the promoted replica.
+
+use std::time::Duration;
+
+use crate::harness::topology::{RedisCluster, RedisSentinel};
+use crate::harness::{
+    GatewayBuilder, Route, Upstream, assert_eventually, client, cookie_header, new_cookie, new_kek,
+    session_json, session_key, verify,
+};
+
+fn status(http: &reqwest::blocking::Client, url: &str, cookie: &str) -> u16 {
+    http.get(url)
+        .header("cookie", cookie_header(cookie))
+        .send()
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[test]
+fn cluster_sessions_on_every_master_authenticate_and_revoke() {
+    let cluster = RedisCluster::start();
+    let up = Upstream::echo("echo");
+    let gw = GatewayBuilder::new(&cluster.url())
+        .redis_keys(&new_kek())
+        .cache_ttl("30s")
+        .route(Route::new("orders", "/api/orders", &[up.addr()]))
+        .route(Route::new("payments", "/api/payments", &[up.addr()]).critical())
+        .start();
+    let http = client();
+
+    // Enough sessions that every master owns some (keys hash to slots).
+    let mut sessions = Vec::new();
+    let mut owners = [0usize; 3];
+    while sessions.len() < 24 || owners.contains(&0) {
+        assert!(sessions.len() < 200, "keys never reached every master");
+        let cookie = new_cookie();
+        let key = session_key(gw.key_prefix(), &cookie);
+        let sub = format!("user-{}", sessions.len());
+        cluster.set_session(&key, &session_json(&sub), 3600);
+        let owner = cluster.owner_of(&key);
+        owners[owner] += 1;
+        sessions.push((cookie, key, sub, owner));
+    }
+
+    let jwks = crate::harness::fetch_jwks(&http, &gw.url("/.well-known/jwks.json"));
+    assert_eq!(jwks.keys.len(), 1, "the keyring lives in the cluster");
+    for (cookie, _, sub, _) in &sessions {
+        assert_eq!(status(&http, &gw.url("/api/orders/1"), cookie), 200);
+        assert_eq!(
+            verify(up.last().bearer(), &jwks, "orders", gw.issuer()).str("sub"),
+            sub
+        );
+        assert_eq!(status(&http, &gw.url("/api/payments/1"), cookie), 200);
+    }
+
+    for (cookie, key, _, owner) in &sessions {
+        cluster.del(key);
+        assert_eq!(
+            status(&http, &gw.url("/api/payments/1"), cookie),
+            401,
+            "critical route after DEL"
+        );
+        // cache_ttl is 30 s: only the push invalidation (armed on every master) can
+        // make the cached route refuse this fast.
+        assert_eventually!(
+            status(&http, &gw.url("/api/orders/1"), cookie) == 401,
+            Duration::from_secs(3),
+            "non-critical route after DEL of a key on master {}",
+            owner
+        );
+    }
+}
+
+#[test]
+fn sentinel_finds_the_master_and_follows_a_failover() {
+    let mut topo = RedisSentinel::start();
+    let up = Upstream::echo("echo");
+    let gw = GatewayBuilder::new(&topo.url())
+        .route(Route::new("orders", "/api/orders", &[up.addr()]))
+        .route(Route::new("payments", "/api/payments", &[up.addr()]).critical())
+        .start();
+    let http = client();
+
+    let cookie = new_cookie();
+    let key = session_key(gw.key_prefix(), &cookie);
+    topo.master.set_session(&key, &session_json("alice"), 3600);
+    // The session must be on the replica before the master goes away.
+    assert_eq!(topo.master.cli(&["WAIT", "1", "5000"]), "1");
+    assert_eq!(status(&http, &gw.url("/api/payments/1"), &cookie), 200);
+    assert_eq!(status(&http, &gw.url("/api/orders/1"), &cookie), 200);
+
+    let old_master = topo.master.port();
+    topo.master.stop();
+    // While no master answers, the critical route refuses rather than guesses.
+    assert_eventually!(
+        status(&http, &gw.url("/api/payments/1"), &cookie) == 503,
+        Duration::from_secs(10)
+    );
+    assert_eventually!(
+        topo.master_port() == Some(topo.replica.port()),
+        Duration::from_secs(30),
+        "sentinel did not promote the replica (old master {old_master})"
+    );
+    // The gateway finds the new master through the sentinel; the session survived.
+    assert_eventually!(
+        status(&http, &gw.url("/api/payments/1"), &cookie) == 200,
+        Duration::from_secs(30),
+        "the gateway did not follow the failover"
+    );
+    assert_eq!(
+        verify(
+            up.last().bearer(),
+            &crate::harness::fetch_jwks(&http, &gw.url("/.well-known/jwks.json")),
+            "payments",
+            gw.issuer()
+        )
+        .str("sub"),
+        "alice"
+    );
+    topo.replica.del(&key);
+    assert_eq!(status(&http, &gw.url("/api/payments/1"), &cookie), 401);
+}
