@@ -357,8 +357,17 @@ fn keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
                 }
             }
             KeysCommand::Rotate { now: immediate, .. } => {
-                let kid = manager.rotate(now, immediate).await?;
-                println!("created {kid}");
+                let rotation = rotate_waiting(&manager, immediate).await?;
+                let verb = if rotation.created {
+                    "created"
+                } else {
+                    "already pending"
+                };
+                println!(
+                    "{verb} {} (signs from {})",
+                    rotation.kid,
+                    fmt_time(rotation.activate_at)
+                );
             }
             KeysCommand::Retire { kid, .. } => {
                 manager.retire(&keys::Kid::from(kid.as_str()), now).await?;
@@ -368,6 +377,27 @@ fn keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(())
     })
     .with_context(|| format!("keys {action}"))
+}
+
+/// How long `keys rotate` waits for another process's rotation lease: a holder keeps it
+/// for milliseconds, and a crashed holder's lease lapses after [`keys::LEASE_TTL`].
+const ROTATE_LEASE_WAIT: Duration = Duration::from_secs(12);
+
+/// [`keys::KeyManager::rotate`], retried while another process holds the rotation lease
+/// (for at most [`ROTATE_LEASE_WAIT`]), with the clock read afresh on every try.
+async fn rotate_waiting(
+    manager: &keys::KeyManager,
+    immediate: bool,
+) -> Result<keys::Rotation, keys::Error> {
+    let deadline = tokio::time::Instant::now() + ROTATE_LEASE_WAIT;
+    loop {
+        match manager.rotate(keys::unix_now(), immediate).await {
+            Err(keys::Error::Busy) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn fmt_time(unix: u64) -> String {

@@ -393,6 +393,7 @@ pub fn assemble(
         KeyRefresher {
             manager: manager.clone(),
             metrics,
+            first_due: outcome.next_due,
         },
     );
     let refresher_handle = server.add_service(refresher);
@@ -422,28 +423,68 @@ pub fn run(assembly: Assembly) {
 
 /// Keeps the keyring current: applies the rotation plan when due and picks up changes
 /// made by other replicas or by hand (the store's version changes).
+///
+/// It wakes every [`KEY_POLL`] to compare the store's version with the one seen before
+/// its last successful refresh, and exactly at the instant the last refresh said the
+/// next change is due (a key activating, a previous key expiring, a rotation), so
+/// replicas whose clocks agree switch keys together and race for the rotation lease
+/// together. A failed refresh keeps the current keys, is counted in
+/// `sessiongate_key_rotation_failures_total`, and is retried with a backoff from
+/// [`RETRY_MIN`] to [`RETRY_MAX`] (at once when the store's version changes again).
 struct KeyRefresher {
     manager: Arc<KeyManager>,
     metrics: Arc<Metrics>,
+    /// When the start-up refresh said to refresh next.
+    first_due: Option<u64>,
 }
 
-/// How often the key store is polled for changes made elsewhere.
-pub const KEY_POLL: Duration = Duration::from_secs(1);
+/// How often the key store's version is polled for changes made elsewhere: the bound on
+/// how long a replica takes to see another replica's rotation or a `keys` command.
+pub const KEY_POLL: Duration = Duration::from_millis(250);
+
+/// The first retry delay after a failed keyring refresh.
+pub const RETRY_MIN: Duration = Duration::from_secs(1);
+
+/// The longest retry delay after repeated keyring refresh failures.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How long to sleep from now until `due` (Unix seconds), at most `cap`.
+fn until_due(due: Option<u64>, cap: Duration) -> Duration {
+    let Some(due) = due else {
+        return cap;
+    };
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(due);
+    at.duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+        .min(cap)
+}
 
 #[async_trait]
 impl BackgroundService for KeyRefresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut version = self.manager.store().version().await.ok();
-        let mut next_due = self.manager.keyring().load().next_change();
+        let store = self.manager.store().clone();
+        let mut seen = store.version().await.ok();
+        let mut next_due = self.first_due;
+        // After a failure: when to retry, the delay, and the version at the failure.
+        let mut retry: Option<(tokio::time::Instant, Duration, Option<String>)> = None;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                () = tokio::time::sleep(KEY_POLL) => {}
+                () = tokio::time::sleep(until_due(next_due, KEY_POLL)) => {}
             }
             let now = keys::unix_now();
-            let current = self.manager.store().version().await.ok();
-            let due = next_due.is_some_and(|t| now >= t) || self.rotation_due(now);
-            if current == version && !due {
+            // Read before refreshing, so a change landing during the refresh is seen
+            // on the next tick rather than hidden.
+            let version = store.version().await.ok();
+            let changed = version.is_some() && version != seen;
+            let due = next_due.is_some_and(|t| now >= t);
+            if !changed && !due {
+                continue;
+            }
+            if let Some((at, _, failed_at)) = &retry
+                && *failed_at == version
+                && tokio::time::Instant::now() < *at
+            {
                 continue;
             }
             match self.manager.refresh(now).await {
@@ -455,29 +496,23 @@ impl BackgroundService for KeyRefresher {
                         info!(kid = %kid, "Removed signing key.");
                     }
                     next_due = outcome.next_due;
-                    version = self.manager.store().version().await.ok();
+                    seen = version;
+                    retry = None;
                     self.metrics
                         .observe_keys(&self.manager.keyring().load(), now);
                 }
                 Err(e) => {
                     self.metrics.key_rotation_failures.inc();
-                    error!(error = %e, kind = e.kind(), "Keyring refresh failed; keeping the current keys.");
+                    let delay = retry
+                        .as_ref()
+                        .map_or(RETRY_MIN, |(_, d, _)| (*d * 2).min(RETRY_MAX));
+                    // `seen` stays as it was, so the change is retried; a further change
+                    // retries before the delay is up.
+                    retry = Some((tokio::time::Instant::now() + delay, delay, version));
+                    error!(error = %e, kind = e.kind(), retry_in = ?delay, "Keyring refresh failed; keeping the current keys.");
                 }
             }
         }
-    }
-}
-
-impl KeyRefresher {
-    fn rotation_due(&self, now: u64) -> bool {
-        let set = self.manager.keyring().load();
-        let policy = self.manager.policy();
-        let lead = policy
-            .rotate_every
-            .saturating_sub(policy.publish_ahead)
-            .as_secs();
-        set.count(keys::KeyState::Next) == 0
-            && set.last_rotation().is_some_and(|at| now >= at + lead)
     }
 }
 

@@ -55,7 +55,7 @@ pub use crate::key::{
 pub use crate::keyring::Keyring;
 pub use crate::keyset::KeySet;
 pub use crate::kid::Kid;
-pub use crate::manager::{KeyManager, LEASE_TTL, RefreshOutcome};
+pub use crate::manager::{KeyManager, LEASE_TTL, RefreshOutcome, Rotation};
 pub use crate::rotation::{RotationPolicy, Transition, next_rotation, plan};
 pub use crate::store::{FileStore, KeyStore, MemoryStore, RedisKeyStore};
 

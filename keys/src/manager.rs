@@ -37,6 +37,17 @@ pub struct RefreshOutcome {
     pub deferred: bool,
 }
 
+/// What a manual [`KeyManager::rotate`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    /// The key that will sign next: the one created, or the successor already pending.
+    pub kid: Kid,
+    /// When it starts signing.
+    pub activate_at: UnixTime,
+    /// Whether this call created it (false: a successor was already pending).
+    pub created: bool,
+}
+
 /// How long the rotation lease is taken for: far longer than generating and storing a
 /// key takes, short enough that a crashed holder delays the others only briefly.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -90,18 +101,24 @@ impl KeyManager {
         self.refresh_locked(now, false).await
     }
 
-    /// Manual rotation: adds a key of the policy's algorithm that signs from
-    /// `now + publish_ahead`, or at once if `immediate`, then refreshes, all under the
-    /// store's rotation lease.
+    /// Manual rotation, under the store's rotation lease, then a refresh.
     ///
-    /// An immediate key activates at `now`, or one second later if an active key of the
-    /// policy's algorithm activated at `now` already, so that the new key is the one
-    /// that wins (activation ties would otherwise be broken by kid).
+    /// Without `immediate` it brings the scheduled rotation forward to `now`: it adds a
+    /// key of the policy's algorithm that signs from `now + publish_ahead`, unless a
+    /// non-retired key of that algorithm is already pending (next), which is then
+    /// returned with [`Rotation::created`] false. So several processes asked to rotate
+    /// at about the same time (or a manual rotation racing the scheduled one) add
+    /// exactly one key; to replace a pending key, retire it first.
+    ///
+    /// With `immediate` it always adds a key that signs at `now`, or one second later if
+    /// an active key of the policy's algorithm activated at `now` already, so that the
+    /// new key is the one that wins (activation ties would otherwise be broken by kid).
     ///
     /// # Errors
     /// [`Error::Busy`] if another process holds the rotation lease (nothing was
-    /// changed); otherwise as [`refresh`](Self::refresh), plus the store's `add` error.
-    pub async fn rotate(&self, now: UnixTime, immediate: bool) -> Result<Kid, Error> {
+    /// changed; try again shortly); otherwise as [`refresh`](Self::refresh), plus the
+    /// store's `add` error.
+    pub async fn rotate(&self, now: UnixTime, immediate: bool) -> Result<Rotation, Error> {
         let _serial = self.serial.lock().await;
         if !self.store.try_lease(&self.holder, LEASE_TTL).await? {
             return Err(Error::Busy);
@@ -141,21 +158,40 @@ impl KeyManager {
     }
 
     /// [`rotate`](Self::rotate) once the lease is held.
-    async fn rotate_leased(&self, now: UnixTime, immediate: bool) -> Result<Kid, Error> {
-        let activate_at = if immediate {
-            let records = self.store.load().await?;
+    async fn rotate_leased(&self, now: UnixTime, immediate: bool) -> Result<Rotation, Error> {
+        let records = self.store.load().await?;
+        let live_of_alg = || {
             records
                 .iter()
                 .filter(|r| r.retired_at.is_none() && r.alg == self.policy.algorithm)
+        };
+        let activate_at = if immediate {
+            live_of_alg()
                 .filter(|r| r.activate_at <= now)
                 .map(|r| r.activate_at.saturating_add(1))
                 .fold(now, UnixTime::max)
         } else {
+            let pending = live_of_alg()
+                .filter(|r| r.activate_at > now)
+                .max_by_key(|r| (r.activate_at, r.created_at));
+            if let Some(pending) = pending {
+                let rotation = Rotation {
+                    kid: pending.kid.clone(),
+                    activate_at: pending.activate_at,
+                    created: false,
+                };
+                self.refresh_locked(now, true).await?;
+                return Ok(rotation);
+            }
             now.saturating_add(self.policy.publish_ahead.as_secs())
         };
         let kid = self.create(self.policy.algorithm, now, activate_at).await?;
         self.refresh_locked(now, true).await?;
-        Ok(kid)
+        Ok(Rotation {
+            kid,
+            activate_at,
+            created: true,
+        })
     }
 
     /// Releases the rotation lease; a failure only delays other replicas until the
@@ -394,14 +430,31 @@ mod tests {
         m.refresh(t0).await.unwrap();
         let first = current_kid(&m).unwrap();
 
-        let ahead = m.rotate(t0 + 5, false).await.unwrap();
+        let rotation = m.rotate(t0 + 5, false).await.unwrap();
+        assert!(rotation.created);
+        assert_eq!(rotation.activate_at, t0 + 5 + H);
+        let ahead = rotation.kid;
         let set = m.keyring().load_full();
         assert_eq!(set.get(ahead.as_str()).unwrap().activate_at(), t0 + 5 + H);
         assert_eq!(set.get(ahead.as_str()).unwrap().alg(), Algorithm::EdDsa);
         assert_eq!(current_kid(&m), Some(first.clone()));
 
+        // While that successor is pending, rotating again adds nothing and names it.
+        let again = m.rotate(t0 + 6, false).await.unwrap();
+        assert_eq!(
+            again,
+            Rotation {
+                kid: ahead.clone(),
+                activate_at: t0 + 5 + H,
+                created: false
+            }
+        );
+        assert_eq!(store.load().await.unwrap().len(), 2);
+
         // Immediate rotation in the same second as the bootstrap still wins, a second later.
-        let now = m.rotate(t0, true).await.unwrap();
+        let rotation = m.rotate(t0, true).await.unwrap();
+        assert!(rotation.created);
+        let now = rotation.kid;
         let set = m.keyring().load_full();
         assert_eq!(set.get(now.as_str()).unwrap().activate_at(), t0 + 1);
         m.refresh(t0 + 1).await.unwrap();
@@ -448,7 +501,7 @@ mod tests {
         let t0 = 1_000_000;
         m.refresh(t0).await.unwrap();
         let first = current_kid(&m).unwrap();
-        let next = m.rotate(t0 + 10, false).await.unwrap();
+        let next = m.rotate(t0 + 10, false).await.unwrap().kid;
 
         // Retiring the current key leaves only the pending one: a key that signs at once
         // is created, and the pending key still takes over on schedule.

@@ -809,6 +809,10 @@ auth = "none"
             ("[keys]\nstore = \"file\"", "keys.dir"),
             ("[keys]\nkek_env = \"\"", "keys.kek_env"),
             ("[keys]\npublish_ahead = \"0s\"", "keys.publish_ahead"),
+            ("[keys]\npublish_ahead = \"500ms\"", "keys.publish_ahead"),
+            ("[keys]\npublish_ahead = \"1500ms\"", "keys.publish_ahead"),
+            ("[keys]\nrotate_every = \"24h 500ms\"", "keys.rotate_every"),
+            ("[keys]\nclock_skew = \"250ms\"", "keys.clock_skew"),
             ("[keys]\nrotate_every = \"30m\"", "keys.rotate_every"),
             (
                 "[keys]\nrotate_every = \"1h\"\npublish_ahead = \"2h\"",
@@ -1109,6 +1113,17 @@ auth = "sometimes"
         ] {
             let config = parse_ok(&format!("[session]\ncache_ttl = \"{s}\"\n{MINIMAL}"));
             assert_eq!(config.session.cache_ttl, d, "{s}");
+        }
+    }
+
+    #[test]
+    fn accelerated_key_rotation_is_accepted() {
+        // The integration tests rotate every few seconds; the validator must allow it.
+        for (rotate_every, publish_ahead) in [("3s", "2s"), ("2s", "1s"), ("1h", "59m59s")] {
+            let config = parse_ok(&format!(
+                "[keys]\nrotate_every = \"{rotate_every}\"\npublish_ahead = \"{publish_ahead}\"\n{MINIMAL}"
+            ));
+            assert!(config.keys.publish_ahead < config.keys.rotate_every);
         }
     }
 

@@ -724,6 +724,20 @@ fn keys(dto: &ConfigDto, v: &mut Errors) -> KeysConfig {
             KeyStoreConfig::Redis
         }
     };
+    // Key times are Unix seconds: a fraction would be dropped without a word (a
+    // publish_ahead of "1500ms" would publish a key only 1 s ahead).
+    for (path, d) in [
+        ("keys.rotate_every", k.rotate_every),
+        ("keys.publish_ahead", k.publish_ahead),
+        ("keys.clock_skew", k.clock_skew),
+    ] {
+        if d.subsec_nanos() != 0 {
+            v.push(
+                path,
+                "must be a whole number of seconds (key times are kept in seconds)",
+            );
+        }
+    }
     if k.publish_ahead.is_zero() {
         v.push("keys.publish_ahead", "must be greater than 0s");
     } else if k.rotate_every <= k.publish_ahead {

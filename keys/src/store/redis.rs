@@ -937,7 +937,7 @@ mod tests {
         assert_eq!(err.kind(), "busy");
         assert_eq!(store.load().await.unwrap().len(), 1);
         store.release_lease("someone").await.unwrap();
-        let kid = managers[1].rotate(T0 + 1, true).await.unwrap();
+        let kid = managers[1].rotate(T0 + 1, true).await.unwrap().kid;
         assert_eq!(current(&managers[1]), Some(kid));
     }
 
@@ -948,7 +948,7 @@ mod tests {
         let (a, b) = (&managers[0], &managers[1]);
         a.refresh(T0).await.unwrap();
         let first = current(a).unwrap();
-        let next = a.rotate(T0 + 10, false).await.unwrap();
+        let next = a.rotate(T0 + 10, false).await.unwrap().kid;
         b.refresh(T0 + 10).await.unwrap();
         assert_eq!(current(b), Some(first.clone()));
 
