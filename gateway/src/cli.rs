@@ -357,7 +357,7 @@ fn keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
                 }
             }
             KeysCommand::Rotate { now: immediate, .. } => {
-                let rotation = rotate_waiting(&manager, immediate).await?;
+                let rotation = retry_busy(|| manager.rotate(keys::unix_now(), immediate)).await?;
                 let verb = if rotation.created {
                     "created"
                 } else {
@@ -370,7 +370,8 @@ fn keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
                 );
             }
             KeysCommand::Retire { kid, .. } => {
-                manager.retire(&keys::Kid::from(kid.as_str()), now).await?;
+                let kid = keys::Kid::from(kid.as_str());
+                retry_busy(|| manager.retire(&kid, keys::unix_now())).await?;
                 println!("retired {kid}");
             }
         }
@@ -379,19 +380,21 @@ fn keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
     .with_context(|| format!("keys {action}"))
 }
 
-/// How long `keys rotate` waits for another process's rotation lease: a holder keeps it
-/// for milliseconds, and a crashed holder's lease lapses after [`keys::LEASE_TTL`].
-const ROTATE_LEASE_WAIT: Duration = Duration::from_secs(12);
+/// How long `keys rotate|retire` wait for another process's rotation lease: a holder
+/// keeps it for milliseconds, and a crashed holder's lease lapses after
+/// [`keys::LEASE_TTL`].
+const LEASE_WAIT: Duration = Duration::from_secs(12);
 
-/// [`keys::KeyManager::rotate`], retried while another process holds the rotation lease
-/// (for at most [`ROTATE_LEASE_WAIT`]), with the clock read afresh on every try.
-async fn rotate_waiting(
-    manager: &keys::KeyManager,
-    immediate: bool,
-) -> Result<keys::Rotation, keys::Error> {
-    let deadline = tokio::time::Instant::now() + ROTATE_LEASE_WAIT;
+/// Runs `op` (which reads the clock afresh) again while another process holds the
+/// rotation lease, for at most [`LEASE_WAIT`].
+async fn retry_busy<T, F, Fut>(mut op: F) -> Result<T, keys::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, keys::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + LEASE_WAIT;
     loop {
-        match manager.rotate(keys::unix_now(), immediate).await {
+        match op().await {
             Err(keys::Error::Busy) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }

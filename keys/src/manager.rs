@@ -129,17 +129,55 @@ impl KeyManager {
     }
 
     /// Emergency retirement: marks the key retired in the store, then refreshes. The key
-    /// leaves the JWKS and never signs again. If it was the only active key, the
-    /// refresh creates a replacement that signs at once (see [`plan`] rule 1).
+    /// leaves the JWKS and never signs again.
+    ///
+    /// If no other non-retired key would be active, a replacement that signs at once
+    /// (see [`plan`] rule 1) is created first, under the rotation lease, and only then is
+    /// the key marked retired: a replica that refreshes in between sees two active keys
+    /// (and signs with the newer, the replacement), never none.
     ///
     /// # Errors
-    /// [`Error::NotFound`] if the store has no such key; otherwise as
-    /// [`refresh`](Self::refresh).
+    /// [`Error::NotFound`] if the store has no such key; [`Error::Busy`] if a
+    /// replacement is needed and another process holds the rotation lease (nothing was
+    /// changed; try again shortly); otherwise as [`refresh`](Self::refresh).
     pub async fn retire(&self, kid: &Kid, now: UnixTime) -> Result<(), Error> {
         let _serial = self.serial.lock().await;
-        self.store.retire(kid, now).await?;
-        tracing::warn!(%kid, "Retired a signing key.");
-        self.refresh_locked(now, false).await.map(drop)
+        let records = self.store.load().await?;
+        if !records.iter().any(|r| &r.kid == kid) {
+            return Err(Error::NotFound { kid: kid.clone() });
+        }
+        let leased = needs_replacement(&records, kid, now);
+        if leased {
+            if !self.store.try_lease(&self.holder, LEASE_TTL).await? {
+                return Err(Error::Busy);
+            }
+            if let Err(error) = self.replace_before_retiring(kid, now).await {
+                self.release_lease().await;
+                return Err(error);
+            }
+        }
+        let result = match self.store.retire(kid, now).await {
+            Ok(()) => {
+                tracing::warn!(%kid, "Retired a signing key.");
+                self.refresh_locked(now, leased).await.map(drop)
+            }
+            Err(error) => Err(error),
+        };
+        if leased {
+            self.release_lease().await;
+        }
+        result
+    }
+
+    /// Under the lease: reloads and, if retiring `kid` still leaves no active key,
+    /// creates one that signs at `now`.
+    async fn replace_before_retiring(&self, kid: &Kid, now: UnixTime) -> Result<(), Error> {
+        let records = self.store.load().await?;
+        if needs_replacement(&records, kid, now) {
+            let replacement = self.create(self.policy.algorithm, now, now).await?;
+            tracing::warn!(%replacement, retiring = %kid, "Created a replacement signing key that signs at once.");
+        }
+        Ok(())
     }
 
     /// The keyring it publishes to.
@@ -295,6 +333,13 @@ impl fmt::Debug for KeyManager {
             .field("keyring", &self.keyring)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether, with `kid` retired, no non-retired key would be active at `now`.
+fn needs_replacement(records: &[KeyRecord], kid: &Kid, now: UnixTime) -> bool {
+    !records
+        .iter()
+        .any(|r| &r.kid != kid && r.retired_at.is_none() && r.activate_at <= now)
 }
 
 fn is_create(transition: &Transition) -> bool {
@@ -518,6 +563,66 @@ mod tests {
         assert_eq!(current_kid(&m), Some(next));
     }
 
+    /// A memory store that records, at each `retire`, how many other non-retired keys
+    /// were active: what a replica refreshing at that moment would have to sign with.
+    #[derive(Default)]
+    struct WatchRetire {
+        inner: MemoryStore,
+        active_others: parking_lot::Mutex<Vec<usize>>,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyStore for WatchRetire {
+        async fn load(&self) -> Result<Vec<KeyRecord>, Error> {
+            self.inner.load().await
+        }
+        async fn add(&self, record: &KeyRecord) -> Result<(), Error> {
+            self.inner.add(record).await
+        }
+        async fn retire(&self, kid: &Kid, now: UnixTime) -> Result<(), Error> {
+            let others = self
+                .inner
+                .load()
+                .await?
+                .iter()
+                .filter(|r| &r.kid != kid && r.retired_at.is_none() && r.activate_at <= now)
+                .count();
+            self.active_others.lock().push(others);
+            self.inner.retire(kid, now).await
+        }
+        async fn remove(&self, kid: &Kid) -> Result<(), Error> {
+            self.inner.remove(kid).await
+        }
+        async fn version(&self) -> Result<String, Error> {
+            self.inner.version().await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_replacement_is_stored_before_the_key_is_retired() {
+        let store = Arc::new(WatchRetire::default());
+        let ring = Arc::new(Keyring::default());
+        let m = KeyManager::new(store.clone(), ring, RotationPolicy::default());
+        let t0 = 1_000_000;
+        m.refresh(t0).await.unwrap();
+        let first = current_kid(&m).unwrap();
+        m.retire(&first, t0 + 5).await.unwrap();
+        assert_eq!(
+            *store.active_others.lock(),
+            vec![1],
+            "a replacement existed already"
+        );
+        let replacement = current_kid(&m).unwrap();
+        assert_ne!(replacement, first);
+        assert_eq!(store.load().await.unwrap().len(), 1);
+
+        // With another active key left, nothing is created: it signs again.
+        let now = m.rotate(t0 + 6, true).await.unwrap().kid;
+        m.retire(&now, t0 + 7).await.unwrap();
+        assert_eq!(current_kid(&m), Some(replacement));
+        assert_eq!(store.load().await.unwrap().len(), 1);
+    }
+
     /// A store whose rotation lease is always held by someone else.
     struct LeaseHeld(MemoryStore);
 
@@ -566,11 +671,14 @@ mod tests {
         assert_eq!(out.removed, vec![retired.kid.clone()]);
         assert_eq!(out.next_due, Some(t0 + 1));
         assert_eq!(current_kid(&m), Some(old.kid.clone()));
-        assert_eq!(store.load().await.unwrap(), vec![old]);
+        assert_eq!(store.load().await.unwrap(), vec![old.clone()]);
 
-        // A manual rotation refuses at once and changes nothing.
+        // A manual rotation refuses at once and changes nothing, and so does retiring
+        // the only active key, which needs a replacement first.
         assert_eq!(m.rotate(t0, true).await.unwrap_err().kind(), "busy");
         assert_eq!(store.load().await.unwrap().len(), 1);
+        assert_eq!(m.retire(&old.kid, t0).await.unwrap_err().kind(), "busy");
+        assert_eq!(store.load().await.unwrap(), vec![old.clone()]);
 
         // Starting empty: no key, and nothing to sign with until the lease holder's
         // key appears.

@@ -9,6 +9,7 @@
 
 pub(crate) mod eventually;
 pub(crate) mod gateway;
+pub(crate) mod keyring;
 pub(crate) mod ports;
 pub(crate) mod raw;
 pub(crate) mod redis;
