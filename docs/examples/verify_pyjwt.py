@@ -20,8 +20,10 @@ _jwks_client = None
 def verifier(jwks_url: str) -> jwt.PyJWKClient:
     global _jwks_client
     if _jwks_client is None:
-        # lifespan: keep the JWKS no longer than the gateway's Cache-Control max-age.
-        _jwks_client = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300)
+        # lifespan: keep the JWKS cached for less than the gateway's keys.publish_ahead
+        # (PyJWT ignores Cache-Control). Leave cache_keys off: that per-kid cache never
+        # expires and would keep accepting a retired key.
+        _jwks_client = jwt.PyJWKClient(jwks_url, lifespan=300)
     return _jwks_client
 
 
@@ -29,7 +31,8 @@ def verify(token: str, jwks_url: str, issuer: str, audience: str) -> dict:
     header = jwt.get_unverified_header(token)
     if header.get("typ") != "at+jwt":
         raise jwt.InvalidTokenError("typ must be at+jwt")
-    # get_signing_key_from_jwt refetches the JWKS once when the kid is unknown.
+    # get_signing_key_from_jwt refetches the JWKS when the kid is unknown, at most once
+    # per cooldown_duration (30 s by default).
     key = verifier(jwks_url).get_signing_key_from_jwt(token)
     return jwt.decode(
         token,

@@ -1098,3 +1098,46 @@ fn pyjwt_with_its_cached_jwks_client_verifies_tokens_across_rotations() {
         kids.len()
     );
 }
+
+const EXAMPLE_PY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../docs/examples/verify_pyjwt.py"
+);
+
+#[test]
+fn the_documented_pyjwt_example_verifies_tokens_of_an_old_and_a_new_key() {
+    let python = crate::interop::venv_python();
+    let s = Shared::start();
+    let gw = s.builder(false).start();
+    let http = client();
+    let cookie = s.login(gw.key_prefix(), "user-doc");
+    let old = mint(&http, &gw, "/api/orders", &cookie).expect("mint");
+    let (new_kid, _) = keys_rotate(&gw, Some(&s.kek), true);
+    assert_eventually!(
+        mint(&http, &gw, "/api/orders", &cookie).is_ok_and(|t| kid_alg(&t).0 == new_kid),
+        CONVERGENCE * 2
+    );
+    let new = mint(&http, &gw, "/api/orders", &cookie).expect("mint");
+    let run = |token: &str| {
+        Command::new(&python)
+            .arg(EXAMPLE_PY)
+            .args(["--jwks-url", &gw.url(JWKS), "--issuer", gw.issuer()])
+            .args(["--audience", "orders", "--token", token])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run verify_pyjwt.py")
+    };
+    for token in [&old, &new] {
+        let out = run(token);
+        assert!(
+            out.status.success(),
+            "docs/examples/verify_pyjwt.py rejected a gateway token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let claims: Value = serde_json::from_slice(&out.stdout).expect("claims JSON");
+        assert_eq!(claims["sub"], "user-doc");
+    }
+    let (head, _) = new.rsplit_once('.').expect("three parts");
+    let forged = format!("{head}.{}", kid_alg(&old).0);
+    assert_eq!(run(&forged).status.code(), Some(1), "a bad signature fails");
+}
