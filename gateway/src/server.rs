@@ -459,6 +459,13 @@ fn until_due(due: Option<u64>, cap: Duration) -> Duration {
         .min(cap)
 }
 
+/// How long the refresher sleeps: until the next due instant, at most [`KEY_POLL`]; while
+/// backing off after a failure, until the retry, at most [`KEY_POLL`] (the version is
+/// still polled), so a due instant that has passed never makes it spin.
+fn sleep_for(until_due: Duration, retry_in: Option<Duration>) -> Duration {
+    retry_in.unwrap_or(until_due).min(KEY_POLL)
+}
+
 #[async_trait]
 impl BackgroundService for KeyRefresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -468,9 +475,12 @@ impl BackgroundService for KeyRefresher {
         // After a failure: when to retry, the delay, and the version at the failure.
         let mut retry: Option<(tokio::time::Instant, Duration, Option<String>)> = None;
         loop {
+            let retry_in = retry
+                .as_ref()
+                .map(|(at, _, _)| at.saturating_duration_since(tokio::time::Instant::now()));
             tokio::select! {
                 _ = shutdown.changed() => break,
-                () = tokio::time::sleep(until_due(next_due, KEY_POLL)) => {}
+                () = tokio::time::sleep(sleep_for(until_due(next_due, KEY_POLL), retry_in)) => {}
             }
             let now = keys::unix_now();
             // Read before refreshing, so a change landing during the refresh is seen
@@ -519,4 +529,43 @@ impl BackgroundService for KeyRefresher {
 /// The default upgrade socket path.
 pub fn default_upgrade_sock() -> PathBuf {
     PathBuf::from("/tmp/sessiongate-upgrade.sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresher_sleeps() {
+        let ms = Duration::from_millis;
+        let cases = [
+            // (until due, retry in, sleep)
+            (ms(100), None, ms(100)),
+            (Duration::from_secs(60), None, KEY_POLL),
+            (Duration::ZERO, None, Duration::ZERO),
+            // Backing off after a failure while the due instant has passed: no spinning.
+            (Duration::ZERO, Some(Duration::from_secs(8)), KEY_POLL),
+            (Duration::ZERO, Some(ms(40)), ms(40)),
+            (ms(10), Some(Duration::ZERO), Duration::ZERO),
+        ];
+        for (due, retry, expected) in cases {
+            assert_eq!(sleep_for(due, retry), expected, "{due:?} {retry:?}");
+        }
+    }
+
+    #[test]
+    fn until_due_is_capped_and_never_negative() {
+        let now = keys::unix_now();
+        assert_eq!(until_due(None, KEY_POLL), KEY_POLL);
+        assert_eq!(
+            until_due(Some(now.saturating_sub(5)), KEY_POLL),
+            Duration::ZERO
+        );
+        assert_eq!(until_due(Some(now + 3600), KEY_POLL), KEY_POLL);
+        let soon = until_due(Some(now + 2), Duration::from_secs(10));
+        assert!(
+            soon > Duration::from_secs(1) && soon <= Duration::from_secs(2),
+            "{soon:?}"
+        );
+    }
 }
