@@ -145,7 +145,6 @@ fn a_rotation_on_one_replica_is_seen_by_the_other_within_the_documented_interval
 
     // A scheduled-style rotation by hand against A's config: B publishes the new key...
     let (next, created) = keys_rotate(&a, Some(&s.kek), false);
-    let done = Instant::now();
     assert!(created);
     let seen = time_until(
         "B publishes the rotated key",
@@ -154,7 +153,7 @@ fn a_rotation_on_one_replica_is_seen_by_the_other_within_the_documented_interval
     );
     eprintln!("B published a key rotated via A's config {seen:?} after the command exited");
     assert!(
-        done.elapsed() >= seen && seen <= CONVERGENCE,
+        seen <= CONVERGENCE,
         "B published {next} {seen:?} after the rotation, documented: within {CONVERGENCE:?}"
     );
     // ...as next: B still signs with the first key, and says so in its metrics.
