@@ -10,6 +10,9 @@ pub struct Metrics {
     pub session_lookups: IntCounterVec,
     /// `sessiongate_redis_command_duration_seconds{command}`.
     pub redis_command_duration: HistogramVec,
+    /// `sessiongate_redis_errors_total{command,kind}`: failed session-store commands;
+    /// `kind` is `timeout`, `disconnected` (no pooled connection was up) or `error`.
+    pub redis_errors: IntCounterVec,
     /// `sessiongate_tokens_minted_total{alg,kid}`.
     pub tokens_minted: IntCounterVec,
     /// `sessiongate_token_cache_total{result}`: token reuse (hit) or mint (miss).
@@ -22,6 +25,9 @@ pub struct Metrics {
     pub cached_session_age: Histogram,
     /// `sessiongate_revocation_push_connected`: 1 while the invalidation channel is armed.
     pub push_connected: IntGauge,
+    /// `sessiongate_revocation_push_enabled`: 1 when the config asks for the invalidation
+    /// channel (so that a 0 in `push_connected` means "down", not "off").
+    pub push_enabled: IntGauge,
     /// `sessiongate_revocation_invalidations_total`: invalidation messages received.
     pub invalidations: IntCounter,
     /// `sessiongate_critical_checks_total{result}`: live session checks on critical routes.
@@ -37,12 +43,14 @@ impl Metrics {
         let m = Self::unregistered();
         registry.register(Box::new(m.session_lookups.clone()))?;
         registry.register(Box::new(m.redis_command_duration.clone()))?;
+        registry.register(Box::new(m.redis_errors.clone()))?;
         registry.register(Box::new(m.tokens_minted.clone()))?;
         registry.register(Box::new(m.token_cache.clone()))?;
         registry.register(Box::new(m.revocation_events.clone()))?;
         registry.register(Box::new(m.session_cache.clone()))?;
         registry.register(Box::new(m.cached_session_age.clone()))?;
         registry.register(Box::new(m.push_connected.clone()))?;
+        registry.register(Box::new(m.push_enabled.clone()))?;
         registry.register(Box::new(m.invalidations.clone()))?;
         registry.register(Box::new(m.critical_checks.clone()))?;
         Ok(m)
@@ -71,6 +79,14 @@ impl Metrics {
                     0.5, 1.0,
                 ]),
                 &["command"],
+            )
+            .unwrap(),
+            redis_errors: IntCounterVec::new(
+                Opts::new(
+                    "sessiongate_redis_errors_total",
+                    "Session-store Redis commands that failed, by command and kind (timeout, disconnected, error).",
+                ),
+                &["command", "kind"],
             )
             .unwrap(),
             tokens_minted: IntCounterVec::new(
@@ -116,6 +132,11 @@ impl Metrics {
             push_connected: IntGauge::new(
                 "sessiongate_revocation_push_connected",
                 "1 while the Redis invalidation (CLIENT TRACKING) channel is armed, else 0.",
+            )
+            .unwrap(),
+            push_enabled: IntGauge::new(
+                "sessiongate_revocation_push_enabled",
+                "1 when the config enables the Redis invalidation channel, else 0.",
             )
             .unwrap(),
             invalidations: IntCounter::new(

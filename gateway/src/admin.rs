@@ -40,8 +40,15 @@ fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 }
 
 impl Admin {
-    /// Whether the gateway can serve: Redis answers and a signing key is loaded.
+    /// Whether the gateway can serve: Redis answers and a signing key is loaded. The
+    /// answer is also kept in `sessiongate_ready`.
     pub async fn readiness(&self) -> Result<(), &'static str> {
+        let result = self.check_ready().await;
+        self.metrics.ready.set(i64::from(result.is_ok()));
+        result
+    }
+
+    async fn check_ready(&self) -> Result<(), &'static str> {
         if self.keyring.load().current().is_none() {
             return Err("no signing key loaded");
         }
@@ -70,6 +77,9 @@ impl ServeHttp for Admin {
             "/metrics" => {
                 self.metrics
                     .observe_keys(&self.keyring.load(), keys::unix_now());
+                // Refresh `sessiongate_ready` so that a scrape sees readiness even where
+                // nothing probes /readyz (systemd, compose).
+                let _ = self.readiness().await;
                 text(
                     200,
                     "text/plain; version=0.0.4",

@@ -17,8 +17,14 @@ pub struct Metrics {
     pub jwks_keys: IntGaugeVec,
     /// `sessiongate_key_rotation_age_seconds`.
     pub key_rotation_age: IntGauge,
+    /// `sessiongate_key_rotation_interval_seconds`: the configured `keys.rotate_every`,
+    /// so that alerts compare the key age with the schedule without repeating it.
+    pub key_rotation_interval: IntGauge,
     /// `sessiongate_key_rotation_failures_total`.
     pub key_rotation_failures: IntCounter,
+    /// `sessiongate_ready`: 1 when the last readiness check (a `/readyz` probe or a
+    /// scrape) passed, else 0.
+    pub ready: IntGauge,
     /// `sessiongate_auth_refusals_total{route,reason}`.
     pub auth_refusals: IntCounterVec,
 }
@@ -65,6 +71,14 @@ impl Metrics {
             "sessiongate_key_rotation_age_seconds",
             "Seconds since the current signing key became current.",
         )?;
+        let key_rotation_interval = IntGauge::new(
+            "sessiongate_key_rotation_interval_seconds",
+            "The configured rotation schedule (keys.rotate_every) in seconds.",
+        )?;
+        let ready = IntGauge::new(
+            "sessiongate_ready",
+            "1 when the gateway can serve (Redis answers and a signing key is loaded), else 0; checked on every /readyz probe and scrape.",
+        )?;
         let key_rotation_failures = IntCounter::new(
             "sessiongate_key_rotation_failures_total",
             "Keyring refreshes or rotations that failed.",
@@ -81,7 +95,9 @@ impl Metrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(jwks_keys.clone()))?;
         registry.register(Box::new(key_rotation_age.clone()))?;
+        registry.register(Box::new(key_rotation_interval.clone()))?;
         registry.register(Box::new(key_rotation_failures.clone()))?;
+        registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(auth_refusals.clone()))?;
         Ok(Self {
             requests,
@@ -89,7 +105,9 @@ impl Metrics {
             upstream_errors,
             jwks_keys,
             key_rotation_age,
+            key_rotation_interval,
             key_rotation_failures,
+            ready,
             auth_refusals,
         })
     }

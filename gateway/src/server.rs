@@ -241,6 +241,9 @@ pub fn assemble(
         info!(kid = %kid, "Created signing key.");
     }
     metrics.observe_keys(&keyring.load(), keys::unix_now());
+    metrics
+        .key_rotation_interval
+        .set(i64::try_from(config.keys.rotate_every.as_secs()).unwrap_or(i64::MAX));
 
     let minter = Minter::new(
         keyring.clone(),
@@ -266,6 +269,7 @@ pub fn assemble(
             };
             let cache: Arc<dyn exchange::push::Invalidate> = exchange.shared_cache();
             let metrics = exchange.metrics().clone();
+            metrics.push_enabled.set(1);
             Some(
                 background
                     .block_on(async { exchange::push::Push::start(settings, cache, metrics) })?,

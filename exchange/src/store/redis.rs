@@ -97,12 +97,31 @@ impl RedisStore {
         } else {
             // Fail at once rather than queue behind a reconnect: callers answer 503 or
             // fall back to the cache, and the connection task keeps reconnecting.
+            self.count_error(op, "disconnected");
             Err(Error::Store {
                 op,
                 message: "not connected".into(),
                 timeout: false,
             })
         }
+    }
+
+    /// Counts a failed command in `sessiongate_redis_errors_total` and converts the error.
+    fn fail(&self, op: &'static str, e: &fred::error::Error) -> Error {
+        let err = store_error(op, e);
+        let kind = match &err {
+            Error::Store { timeout: true, .. } => "timeout",
+            _ => "error",
+        };
+        self.count_error(op, kind);
+        err
+    }
+
+    fn count_error(&self, op: &'static str, kind: &'static str) {
+        self.metrics
+            .redis_errors
+            .with_label_values(&[op, kind])
+            .inc();
     }
 
     fn observe(&self, op: &'static str, started: Instant) {
@@ -128,7 +147,7 @@ impl SessionStore for RedisStore {
         let started = Instant::now();
         let result = client.get::<Option<Bytes>, _>(key).await;
         self.observe("GET", started);
-        result.map_err(|e| store_error("GET", &e))
+        result.map_err(|e| self.fail("GET", &e))
     }
 
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Error> {
@@ -145,7 +164,7 @@ impl SessionStore for RedisStore {
             )
             .await;
         self.observe("SET", started);
-        result.map_err(|e| store_error("SET", &e))
+        result.map_err(|e| self.fail("SET", &e))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, Error> {
@@ -153,7 +172,7 @@ impl SessionStore for RedisStore {
         let started = Instant::now();
         let result = client.del::<i64, _>(key).await;
         self.observe("DEL", started);
-        result.map(|n| n > 0).map_err(|e| store_error("DEL", &e))
+        result.map(|n| n > 0).map_err(|e| self.fail("DEL", &e))
     }
 
     async fn index_add(&self, index: &str, member: &str, ttl: Duration) -> Result<(), Error> {
@@ -161,7 +180,7 @@ impl SessionStore for RedisStore {
         let started = Instant::now();
         let added = client.sadd::<i64, _, _>(index, member).await;
         self.observe("SADD", started);
-        added.map_err(|e| store_error("SADD", &e))?;
+        added.map_err(|e| self.fail("SADD", &e))?;
         // Keep the index at least as long as its longest session. `GT` only extends.
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let extended = client
@@ -181,11 +200,11 @@ impl SessionStore for RedisStore {
         let started = Instant::now();
         let members = client.smembers::<Vec<String>, _>(index).await;
         self.observe("SMEMBERS", started);
-        let members = members.map_err(|e| store_error("SMEMBERS", &e))?;
+        let members = members.map_err(|e| self.fail("SMEMBERS", &e))?;
         client
             .del::<i64, _>(index)
             .await
-            .map_err(|e| store_error("DEL", &e))?;
+            .map_err(|e| self.fail("DEL", &e))?;
         Ok(members)
     }
 
@@ -194,6 +213,6 @@ impl SessionStore for RedisStore {
         let started = Instant::now();
         let result = client.ping::<String>(None).await;
         self.observe("PING", started);
-        result.map(|_| ()).map_err(|e| store_error("PING", &e))
+        result.map(|_| ()).map_err(|e| self.fail("PING", &e))
     }
 }
