@@ -11,6 +11,8 @@ pub(crate) mod eventually;
 pub(crate) mod gateway;
 pub(crate) mod keyring;
 pub(crate) mod ports;
+pub(crate) mod prometheus;
+pub(crate) mod python;
 pub(crate) mod raw;
 pub(crate) mod redis;
 pub(crate) mod topology;
