@@ -6,10 +6,10 @@
 Kubernetes objects are checked with kubernetes-validate in strict mode (unknown fields
 are errors) against each Kubernetes version in K8S_VERSIONS. A ServiceMonitor is a
 prometheus-operator custom resource that kubernetes-validate has no schema for (it only
-warns); it is validated explicitly against the prometheus-operator CRD models of
-cloudcoil-models-prometheus-operator (generated from the CRDs: field types, enums and
-duration patterns), and must survive the round trip unchanged, which catches unknown or
-misspelt fields. A kind with no schema at all is an error, never a silent pass. A
+warns), nor for a PrometheusRule; both are validated explicitly against the
+prometheus-operator CRD models of cloudcoil-models-prometheus-operator (generated from the
+CRDs: field types, enums and duration patterns), and must survive the round trip
+unchanged, which catches unknown or misspelt fields. A kind with no schema at all is an error, never a silent pass. A
 kustomization.yaml is not an API object: it is checked to list exactly the other files
 but the KEK Secret.
 A Compose file is parsed by compose-spec (the validating compose_spec library).
@@ -27,6 +27,9 @@ import yaml
 
 K8S_VERSIONS = ["1.30.0", "1.37.0"]
 
+# prometheus-operator custom resources, validated against its CRD models.
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
 # Manifests deliberately not in kustomization.yaml: the KEK Secret is created by hand, and
 # re-applying its placeholder would overwrite the real key.
 NOT_IN_KUSTOMIZATION = {"secret.yaml"}
@@ -36,8 +39,8 @@ def validate_k8s(doc, where, problems):
     import kubernetes_validate.utils as kv
 
     kind = doc.get("kind")
-    if kind == "ServiceMonitor":
-        validate_service_monitor(doc, where, problems)
+    if kind in CRD_KINDS:
+        validate_custom_resource(doc, where, problems)
         return
     for version in K8S_VERSIONS:
         try:
@@ -51,20 +54,22 @@ def validate_k8s(doc, where, problems):
             problems.append(f"{where}: {e}")
 
 
-def validate_service_monitor(doc, where, problems):
+def validate_custom_resource(doc, where, problems):
     from cloudcoil.models.prometheus_operator import v1 as po
 
+    kind = doc["kind"]
     if doc.get("apiVersion") != "monitoring.coreos.com/v1":
-        problems.append(f"{where}: ServiceMonitor must be monitoring.coreos.com/v1")
+        problems.append(f"{where}: {kind} must be monitoring.coreos.com/v1")
         return
+    model_class = getattr(po, kind)
     try:
-        model = po.ServiceMonitor.model_validate(doc)
+        model = model_class.model_validate(doc)
     except Exception as e:  # pydantic.ValidationError, with every field path
-        problems.append(f"{where}: ServiceMonitor does not match the CRD: {e}")
+        problems.append(f"{where}: {kind} does not match the CRD: {e}")
         return
     back = model.model_dump(mode="json", by_alias=True, exclude_none=True)
     for path in differences(doc, back):
-        problems.append(f"{where}: ServiceMonitor field {path} is not in the CRD (or changed type)")
+        problems.append(f"{where}: {kind} field {path} is not in the CRD (or changed type)")
 
 
 def differences(a, b, path=""):

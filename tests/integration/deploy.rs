@@ -172,6 +172,7 @@ fn kubernetes_manifests_pass_strict_schema_validation() {
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
         "ServiceMonitor",
+        "PrometheusRule",
         "Kustomization",
     ] {
         assert!(kinds.contains(want), "deploy/k8s has no {want}: {kinds:?}");
@@ -223,6 +224,14 @@ fn the_validator_rejects_broken_manifests_and_compose_files() {
                 monitor.replace("interval: 15s", "interval: 15 seconds"),
             ),
             "interval",
+        ),
+        // A misspelt field in a PrometheusRule rule.
+        (
+            write(
+                "typo-prometheusrule.yaml",
+                read(&deploy("k8s/prometheusrule.yaml")).replacen("for: 1m", "fro: 1m", 1),
+            ),
+            "fro",
         ),
         // A kind nobody has a schema for is an error, not a skip.
         (
@@ -455,6 +464,24 @@ fn kubernetes_manifests_agree_with_their_gateway_config() {
     assert!(
         !c["resources"]["requests"]["cpu"].is_null(),
         "the HPA scales on CPU utilisation, which needs a CPU request"
+    );
+}
+
+#[test]
+fn the_prometheus_rule_carries_exactly_the_tested_alert_rules() {
+    let docs = k8s_docs();
+    let rule = kind(&docs, "PrometheusRule");
+    let alerts: serde_yaml::Value =
+        serde_yaml::from_str(&read(&deploy("prometheus/alerts.yml"))).expect("alerts.yml");
+    assert!(
+        rule["spec"]["groups"] == alerts["groups"],
+        "deploy/k8s/prometheusrule.yaml's groups differ from deploy/prometheus/alerts.yml \
+         (the promtool-tested rules); copy them over"
+    );
+    // Labelled like every other manifest, so one label selector finds them all.
+    assert_eq!(
+        rule["metadata"]["labels"]["app.kubernetes.io/name"].as_str(),
+        Some("sessiongate")
     );
 }
 
