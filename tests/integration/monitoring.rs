@@ -555,3 +555,43 @@ fn a_real_prometheus_scrapes_the_gateway_evaluates_the_rules_and_raises_nothing(
         "alerts against a healthy gateway: {alerts}"
     );
 }
+
+#[test]
+fn redis_failures_are_counted_by_command_and_kind() {
+    let mut s = Stack::start(|b, up: &Upstream| {
+        b.route(Route::new("payments", "/api/payments", &[up.addr()]).critical())
+    });
+    let cookie = s.login("redis-kinds");
+    assert_eq!(s.status("/api/payments/1", Some(&cookie)), 200);
+    let errors = |s: &Stack, kind: &str| -> f64 {
+        let text = s
+            .http
+            .get(s.gw.admin_url("/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .expect("scrape");
+        Exported::parse(&text)
+            .values
+            .iter()
+            .filter(|(series, _)| {
+                series.starts_with("sessiongate_redis_errors_total{")
+                    && series.contains(r#"command="GET""#)
+                    && series.contains(&format!("kind=\"{kind}\""))
+            })
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    assert_eq!(errors(&s, "timeout"), 0.0, "no error before the faults");
+
+    // Redis holds every command for 3 s: the critical route's GET passes redis.timeout
+    // (250 ms), answers 503 and is counted as a timeout.
+    s.redis.cli(&["CLIENT", "PAUSE", "3000"]);
+    assert_eq!(s.status("/api/payments/1", Some(&cookie)), 503);
+    assert!(errors(&s, "timeout") >= 1.0, "a paused Redis is a timeout");
+
+    // Redis gone: commands fail at once as disconnected.
+    s.redis.stop();
+    assert_eventually!(
+        s.status("/api/payments/1", Some(&cookie)) == 503 && errors(&s, "disconnected") >= 1.0
+    );
+}
