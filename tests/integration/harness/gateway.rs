@@ -508,8 +508,13 @@ impl Gateway {
             if logs.contains("is in use, will try again") {
                 return Ready::PortTaken(logs);
             }
+            // The admin listener can answer before Pingora has bound the proxy listener
+            // (the proxy service starts after the key refresher): wait for both.
             if let Ok(resp) = raw::get(self.admin, probe, &[])
                 && resp.status == 200
+                && (probe != "/readyz"
+                    || std::net::TcpStream::connect_timeout(&self.listen, Duration::from_secs(1))
+                        .is_ok())
             {
                 return Ready::Yes;
             }
