@@ -16,7 +16,7 @@ use crate::harness::{Route, Stack, Upstream};
 const VERIFY_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/interop/verify.py");
 
 /// The virtualenv's python, created on first use (once per test process); shared with
-/// the keyring module's rotation interop test.
+/// the keyring module's rotation interop test and the verifying examples.
 pub(crate) fn venv_python() -> PathBuf {
     static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     VENV.get_or_init(|| make_venv(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-venv")))

@@ -6,7 +6,11 @@
 //! the admin listener's `/readyz` until it answers 200 (at most 20 s; on timeout it
 //! panics with the captured logs). On [`Drop`] the gateway gets SIGINT, then SIGKILL if
 //! it is still alive 5 s later, and is waited for; the logs are printed when the test
-//! thread is panicking.
+//! thread is panicking. Dropping a gateway also checks its logs for every secret the
+//! run has recorded so far (cookies, tokens, KEKs, its private keys: see `secrets`), so
+//! every test doubles as a log-hygiene test. Each gateway has its own upgrade socket in
+//! its temp dir; [`Gateway::upgrade`] replaces the process with a new one the way an
+//! operator upgrades the binary.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -20,6 +24,7 @@ use super::eventually::pause;
 use super::ports::free_port;
 use super::raw;
 use super::redis::DEFAULT_PREFIX;
+use super::secrets;
 
 /// The path to the binary under test.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
@@ -44,6 +49,7 @@ pub(crate) struct Route {
     auth: String,
     critical: bool,
     token_ttl: Option<String>,
+    ca_file: Option<String>,
 }
 
 impl Route {
@@ -58,7 +64,21 @@ impl Route {
             auth: "required".to_owned(),
             critical: false,
             token_ttl: None,
+            ca_file: None,
         }
+    }
+
+    /// A route whose upstreams are written as given (e.g. `https://localhost:8443`).
+    pub(crate) fn with_upstream_urls(name: &str, path_prefix: &str, upstreams: &[&str]) -> Self {
+        let mut route = Route::new(name, path_prefix, &[]);
+        route.upstreams = upstreams.iter().map(|u| (*u).to_owned()).collect();
+        route
+    }
+
+    /// Sets `ca_file` (the CA its `https://` upstreams must chain to).
+    pub(crate) fn ca_file(mut self, path: &Path) -> Self {
+        self.ca_file = Some(path.display().to_string());
+        self
     }
 
     /// Sets `auth` (`"required"`, `"optional"`, `"none"`).
@@ -106,6 +126,9 @@ impl Route {
         let _ = writeln!(out, "critical = {}", self.critical);
         if let Some(ttl) = &self.token_ttl {
             let _ = writeln!(out, "token_ttl = {}", q(ttl));
+        }
+        if let Some(ca) = &self.ca_file {
+            let _ = writeln!(out, "ca_file = {}", q(ca));
         }
     }
 }
@@ -250,6 +273,13 @@ impl GatewayBuilder {
     /// The config text for the given listeners and key dir.
     pub(crate) fn toml(&self, listen: SocketAddr, admin: SocketAddr, key_dir: &Path) -> String {
         let mut out = String::new();
+        // Each gateway gets its own upgrade socket, next to its key dir.
+        let upgrade_sock = key_dir
+            .parent()
+            .unwrap_or(key_dir)
+            .join("upgrade.sock")
+            .display()
+            .to_string();
         let _ = write!(
             out,
             r#"[server]
@@ -257,6 +287,7 @@ listen = {listen}
 admin_listen = {admin}
 threads = 1
 grace_period = "1s"
+upgrade_sock = {upgrade_sock}
 
 [redis]
 url = {redis}
@@ -290,6 +321,7 @@ allowed_origins = {origins}
 "#,
             listen = q(&listen.to_string()),
             admin = q(&admin.to_string()),
+            upgrade_sock = q(&upgrade_sock),
             redis = q(&self.redis_url),
             cookie = q(COOKIE_NAME),
             prefix = q(&self.key_prefix),
@@ -369,6 +401,7 @@ allowed_origins = {origins}
         let (config_path, listen, admin) = self.write_config(dir.path());
         let mut gw = Gateway {
             child: None,
+            generation: 0,
             env: self.env.clone(),
             listen,
             admin,
@@ -413,6 +446,8 @@ enum Ready {
 /// A running `sessiongate run`.
 pub(crate) struct Gateway {
     child: Option<Child>,
+    /// How many times the process was replaced by [`Gateway::upgrade`].
+    generation: usize,
     env: Vec<(String, String)>,
     listen: SocketAddr,
     admin: SocketAddr,
@@ -465,18 +500,125 @@ impl Gateway {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Captured stdout and stderr so far.
+    /// Captured stdout and stderr so far (of every process, after an upgrade).
     pub(crate) fn logs(&self) -> String {
-        let out = std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default();
-        let err = std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
-        format!("--- stdout ---\n{out}\n--- stderr ---\n{err}")
+        let mut logs = String::new();
+        for generation in 0..=self.generation {
+            let (out, err) = self.log_paths(generation);
+            let out = std::fs::read_to_string(out).unwrap_or_default();
+            let err = std::fs::read_to_string(err).unwrap_or_default();
+            if generation > 0 {
+                let _ = writeln!(logs, "===== after upgrade {generation} =====");
+            }
+            let _ = write!(logs, "--- stdout ---\n{out}\n--- stderr ---\n{err}");
+        }
+        logs
+    }
+
+    /// Captured stderr (where the log lines go) of every process so far, in order.
+    pub(crate) fn stderr(&self) -> String {
+        (0..=self.generation)
+            .map(|g| std::fs::read_to_string(self.log_paths(g).1).unwrap_or_default())
+            .collect()
+    }
+
+    fn log_paths(&self, generation: usize) -> (PathBuf, PathBuf) {
+        let suffix = if generation == 0 {
+            String::new()
+        } else {
+            format!(".{generation}")
+        };
+        (
+            self.dir.path().join(format!("stdout{suffix}.log")),
+            self.dir.path().join(format!("stderr{suffix}.log")),
+        )
+    }
+
+    /// The upgrade socket of this gateway (`server.upgrade_sock`).
+    pub(crate) fn upgrade_sock(&self) -> PathBuf {
+        self.dir.path().join("upgrade.sock")
+    }
+
+    /// Sends `signal` (e.g. `"HUP"`) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the gateway is running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// A zero-downtime upgrade, as an operator does it: starts `sessiongate run
+    /// --upgrade` with the same config and environment, waits until it listens on the
+    /// upgrade socket, sends SIGQUIT to the running process (which hands its listening
+    /// sockets over and drains), and waits up to `timeout` for that process to exit. The
+    /// new process is this gateway's process from then on. Returns the old one's exit
+    /// status.
+    ///
+    /// # Panics
+    /// If the new process exits early, never listens on the socket, or the old one does
+    /// not exit within `timeout`.
+    pub(crate) fn upgrade(&mut self, timeout: Duration) -> ExitStatus {
+        use std::os::unix::fs::FileTypeExt as _;
+        let mut old = self.child.take().expect("the gateway is running");
+        self.generation += 1;
+        let sock = self.upgrade_sock();
+        let _ = std::fs::remove_file(&sock);
+        self.spawn_process(true);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                let _ = old.kill();
+                let _ = old.wait();
+                panic!(
+                    "the upgraded sessiongate exited with {status} before taking over\n{}",
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the upgraded sessiongate never listened on {}\n{}",
+                sock.display(),
+                self.logs()
+            );
+            pause(Duration::from_millis(10));
+        }
+        let _ = Command::new("kill")
+            .args(["-QUIT", &old.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = old.try_wait() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = old.kill();
+                let _ = old.wait();
+                panic!(
+                    "the old sessiongate did not exit within {timeout:?} of SIGQUIT\n{}",
+                    self.logs()
+                );
+            }
+            pause(Duration::from_millis(15));
+        }
     }
 
     fn spawn(&mut self) {
-        let stdout = std::fs::File::create(self.dir.path().join("stdout.log")).expect("stdout log");
-        let stderr = std::fs::File::create(self.dir.path().join("stderr.log")).expect("stderr log");
-        let child = Command::new(BIN)
-            .arg("run")
+        self.spawn_process(false);
+    }
+
+    fn spawn_process(&mut self, upgrade: bool) {
+        let (out, err) = self.log_paths(self.generation);
+        let stdout = std::fs::File::create(out).expect("stdout log");
+        let stderr = std::fs::File::create(err).expect("stderr log");
+        let mut command = Command::new(BIN);
+        command.arg("run");
+        if upgrade {
+            command.arg("--upgrade");
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config_path)
             .env_remove("SESSIONGATE_CONFIG")
@@ -537,6 +679,12 @@ impl Gateway {
             .arg(format!("-{signal}"))
             .arg(child.id().to_string())
             .status();
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -570,6 +718,38 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Records the private keys in the gateway's key directory as secrets.
+    fn record_private_keys(&self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join("keys")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            if let Ok(serde_json::Value::Object(doc)) = serde_json::from_str(&text) {
+                for (field, value) in &doc {
+                    if field.contains("private")
+                        && let Some(key) = value.as_str()
+                    {
+                        secrets::record("private key", key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Panics if the logs so far contain any secret recorded in this test run.
+    pub(crate) fn assert_logs_clean(&self) {
+        self.record_private_keys();
+        secrets::assert_clean(
+            &format!("the logs of the gateway on {}", self.listen),
+            &self.logs(),
+        );
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.shutdown();
@@ -579,6 +759,8 @@ impl Drop for Gateway {
                 self.listen,
                 self.logs()
             );
+        } else {
+            self.assert_logs_clean();
         }
     }
 }

@@ -7,15 +7,19 @@
 //! with an independent library (jsonwebtoken) against that JWKS. [`Stack`] bundles the
 //! usual trio for one test.
 
+pub(crate) mod certs;
 pub(crate) mod eventually;
 pub(crate) mod gateway;
 pub(crate) mod keyring;
+pub(crate) mod held;
 pub(crate) mod ports;
 pub(crate) mod prometheus;
 pub(crate) mod python;
 pub(crate) mod raw;
 pub(crate) mod redis;
 pub(crate) mod topology;
+pub(crate) mod scrape;
+pub(crate) mod secrets;
 pub(crate) mod upstream;
 
 use std::sync::Once;
@@ -68,17 +72,22 @@ pub(crate) fn new_cookie() -> String {
     );
     h.update(std::process::id().to_le_bytes());
     h.update(format!("{:?}", std::thread::current().id()).as_bytes());
-    URL_SAFE_NO_PAD.encode(h.finalize())
+    let cookie = URL_SAFE_NO_PAD.encode(h.finalize());
+    secrets::record("cookie", &cookie);
+    cookie
 }
 
 /// A fresh key-encryption key: standard base64 of 32 bytes that differ on every call.
 pub(crate) fn new_kek() -> String {
     let seed = new_cookie();
-    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(seed.as_bytes()))
+    let kek = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(seed.as_bytes()));
+    secrets::record("KEK", &kek);
+    kek
 }
 
 /// `__Host-session=<value>`, a `Cookie` header value carrying only the session cookie.
 pub(crate) fn cookie_header(value: &str) -> String {
+    secrets::record("cookie", value);
     format!("{COOKIE_NAME}={value}")
 }
 
@@ -173,6 +182,7 @@ pub(crate) fn try_verify(
     iss: &str,
 ) -> Result<Verified, String> {
     install_crypto();
+    secrets::record("token", token);
     let header =
         jsonwebtoken::decode_header(token).map_err(|e| format!("bad JWT header: {e}: {token}"))?;
     if header.typ.as_deref() != Some("at+jwt") {

@@ -6,9 +6,10 @@
 //! `redis-cli` so that the tests talk to Redis with nothing in common with the gateway's
 //! client. Sessions are written as literal JSON, as the SPEC's schema says, so that a drift
 //! in the gateway's DTO fails a test instead of agreeing with itself.
+//! [`RedisServer::start_tls`] serves TLS only (`--port 0 --tls-port P`), for `rediss://`.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,7 +43,17 @@ pub(crate) struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: TempDir,
+    tls: Option<Tls>,
     extra: Vec<String>,
+}
+
+/// The PEM files of a TLS-only server: its certificate and key, and the CA that signed
+/// them (which `redis-cli` trusts).
+#[derive(Clone, Debug)]
+struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
 }
 
 impl RedisServer {
@@ -51,7 +62,7 @@ impl RedisServer {
     /// # Panics
     /// If no server could be started.
     pub(crate) fn start() -> Self {
-        Self::start_with(&[])
+        Self::start_inner(None, &[])
     }
 
     /// [`RedisServer::start`] with extra `redis-server` arguments (e.g.
@@ -60,6 +71,24 @@ impl RedisServer {
     /// # Panics
     /// If no server could be started.
     pub(crate) fn start_with(extra: &[&str]) -> Self {
+        Self::start_inner(None, extra)
+    }
+
+    /// Starts a server that speaks only TLS, with `cert`/`key` (PEM, signed by `ca`);
+    /// clients are not asked for certificates. Its [`RedisServer::url`] is `rediss://`.
+    ///
+    /// # Panics
+    /// If no server could be started.
+    pub(crate) fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Self {
+        let tls = Tls {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            ca: ca.to_path_buf(),
+        };
+        Self::start_inner(Some(tls), &[])
+    }
+
+    fn start_inner(tls: Option<Tls>, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sg-redis")
             .tempdir()
@@ -68,6 +97,7 @@ impl RedisServer {
             port: 0,
             child: None,
             dir,
+            tls,
             extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         };
         let mut last_log = String::new();
@@ -90,9 +120,24 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT/0`.
+    /// `redis://127.0.0.1:PORT/0` (`rediss://` for a TLS server).
     pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `redis-cli -p PORT` (with `--tls --cacert CA` for a TLS server).
+    fn redis_cli(&self) -> Command {
+        let mut cmd = Command::new("redis-cli");
+        cmd.arg("-p").arg(self.port.to_string());
+        if let Some(tls) = &self.tls {
+            cmd.arg("--tls").arg("--cacert").arg(&tls.ca);
+        }
+        cmd
     }
 
     /// Runs `redis-cli -p PORT ARGS...` and returns its stdout, trimmed.
@@ -100,9 +145,8 @@ impl RedisServer {
     /// # Panics
     /// If redis-cli cannot run or exits non-zero.
     pub(crate) fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .arg("-p")
-            .arg(self.port.to_string())
+        let out = self
+            .redis_cli()
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -124,9 +168,8 @@ impl RedisServer {
     /// `SET key <value> EX ttl_secs` with the value sent on stdin (`redis-cli -x`), for
     /// values too large for one command-line argument.
     pub(crate) fn set_large(&self, key: &str, value: &[u8], ttl_secs: u64) {
-        let mut child = Command::new("redis-cli")
-            .arg("-p")
-            .arg(self.port.to_string())
+        let mut child = self
+            .redis_cli()
             .args(["-x", "SET", key])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -204,8 +247,21 @@ impl RedisServer {
             .append(true)
             .open(self.log_path())
             .expect("open redis log");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -227,8 +283,9 @@ impl RedisServer {
                     self.log()
                 ));
             }
-            let pong = Command::new("redis-cli")
-                .args(["-p", &self.port.to_string(), "PING"])
+            let pong = self
+                .redis_cli()
+                .arg("PING")
                 .stdin(Stdio::null())
                 .stderr(Stdio::null())
                 .output()

@@ -5,10 +5,13 @@
 //! "body_len", "body_sha256"}`. [`Upstream::fixed`] answers a fixed status, headers and
 //! body. Both run hyper 1 on a current-thread tokio runtime in a background thread, bound
 //! to `127.0.0.1:0`, and stop (runtime dropped, thread joined) on [`Drop`].
+//! [`Upstream::echo_tls`] is the echo upstream behind TLS. Every bearer token an upstream
+//! receives is recorded as a secret (`super::secrets`) that no gateway log may contain.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use http_body_util::{BodyExt as _, Full};
@@ -97,6 +100,7 @@ struct State {
     name: String,
     mode: Mode,
     requests: Mutex<Vec<Recorded>>,
+    handshake_failures: AtomicUsize,
 }
 
 /// A running upstream.
@@ -110,7 +114,21 @@ pub(crate) struct Upstream {
 impl Upstream {
     /// An upstream that echoes every request as JSON.
     pub(crate) fn echo(name: &str) -> Self {
-        Self::start(name, Mode::Echo)
+        Self::start(name, Mode::Echo, None)
+    }
+
+    /// An echo upstream that speaks TLS with `config` (its certificate, ALPN).
+    pub(crate) fn echo_tls(name: &str, config: tokio_rustls::rustls::ServerConfig) -> Self {
+        Self::start(
+            name,
+            Mode::Echo,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+    }
+
+    /// How many TLS handshakes failed (the client gave up, e.g. on an untrusted certificate).
+    pub(crate) fn handshake_failures(&self) -> usize {
+        self.state.handshake_failures.load(Ordering::SeqCst)
     }
 
     /// An upstream that answers `status` with an empty body.
@@ -136,6 +154,7 @@ impl Upstream {
                 headers,
                 body: Bytes::from(body),
             },
+            None,
         )
     }
 
@@ -169,7 +188,7 @@ impl Upstream {
         self.state.requests.lock().len()
     }
 
-    fn start(name: &str, mode: Mode) -> Self {
+    fn start(name: &str, mode: Mode, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local_addr");
@@ -177,6 +196,7 @@ impl Upstream {
             name: name.to_owned(),
             mode,
             requests: Mutex::new(Vec::new()),
+            handshake_failures: AtomicUsize::new(0),
         });
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let thread_state = Arc::clone(&state);
@@ -192,9 +212,23 @@ impl Upstream {
                             accepted = listener.accept() => {
                                 let Ok((stream, _)) = accepted else { continue };
                                 let state = Arc::clone(&thread_state);
+                                let tls = tls.clone();
                                 tokio::spawn(async move {
-                                    let svc = service_fn(move |req| handle(Arc::clone(&state), req));
-                                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                                    let svc_state = Arc::clone(&state);
+                                    let svc = service_fn(move |req| handle(Arc::clone(&svc_state), req));
+                                    match tls {
+                                        None => {
+                                            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                                        }
+                                        Some(acceptor) => match acceptor.accept(stream).await {
+                                            Ok(stream) => {
+                                                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                                            }
+                                            Err(_) => {
+                                                state.handshake_failures.fetch_add(1, Ordering::SeqCst);
+                                            }
+                                        },
+                                    }
                                 });
                             }
                         }
@@ -248,6 +282,10 @@ async fn handle(
             .collect(),
         body: body.to_vec(),
     };
+    for auth in recorded.header_values("authorization") {
+        let token = auth.strip_prefix("Bearer ").unwrap_or(auth);
+        super::secrets::record("bearer token", token);
+    }
     state.requests.lock().push(recorded.clone());
 
     let resp = match &state.mode {
