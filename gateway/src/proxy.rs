@@ -203,7 +203,14 @@ impl Gateway {
         } else {
             Freshness::Cached
         };
-        let resolved = self.exchange.lookup(&token, freshness).await?;
+        let resolved = match self.exchange.lookup(&token, freshness).await {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                // The access line says the lookup failed (e.g. Redis down), not "none".
+                ctx.session_outcome = "error";
+                return Err(e);
+            }
+        };
         ctx.session_outcome = resolved.lookup.result_label();
         Ok(matches!(resolved.lookup, SessionLookup::Valid(_)).then_some(resolved))
     }

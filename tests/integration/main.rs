@@ -18,6 +18,7 @@ mod interop;
 mod jwks;
 mod keyring;
 mod monitoring;
+mod logs;
 mod robustness;
 mod routing;
 mod status_table;
