@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::{
-    Builder, Client, ClientInterface, ClientLike, ClusterInterface, Config, EventInterface,
+    Builder, Client, ClientInterface, ClientLike, ClusterInterface, EventInterface,
     ReconnectPolicy, TrackingInterface,
 };
 use fred::types::RespVersion;
@@ -45,6 +45,8 @@ pub struct PushSettings {
     pub hashed_keys: bool,
     /// Connection timeout.
     pub timeout: Duration,
+    /// PEM CA for a `rediss://` URL (as [`crate::store::redis::RedisSettings::ca_file`]).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A running invalidation channel; dropping it does not stop it (call [`Push::stop`]).
@@ -65,7 +67,7 @@ impl Push {
         metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
         let mut config =
-            Config::from_url(&settings.url).map_err(|e| Error::Config(e.to_string()))?;
+            crate::store::redis::fred_config(&settings.url, settings.ca_file.as_deref())?;
         config.version = RespVersion::RESP3;
         config.fail_fast = false;
         let client = Builder::from_config(config)

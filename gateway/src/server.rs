@@ -137,6 +137,7 @@ pub fn redis_settings(config: &Config) -> RedisSettings {
         url: config.redis.url.clone(),
         timeout: config.redis.timeout,
         pool_size: config.redis.pool_size,
+        ca_file: config.redis.ca_file.clone(),
     }
 }
 
@@ -266,6 +267,7 @@ pub fn assemble(
                 key_prefix: config.session.key_prefix.clone(),
                 hashed_keys: config.session.hashed_keys,
                 timeout: config.redis.timeout,
+                ca_file: config.redis.ca_file.clone(),
             };
             let cache: Arc<dyn exchange::push::Invalidate> = exchange.shared_cache();
             let metrics = exchange.metrics().clone();

@@ -2,7 +2,13 @@
 //!
 //! Build it on the tokio runtime it will live on: fred spawns its connection tasks on
 //! the current runtime. Commands can then be sent from any runtime.
+//!
+//! For `rediss://` URLs [`fred_config`] builds the TLS client itself: it trusts the CA
+//! file of the settings (a private CA, as most managed and in-cluster Redis TLS uses)
+//! or else the system's roots, and it names its crypto provider explicitly rather than
+//! depend on a process-wide default.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +31,81 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// Number of pooled connections.
     pub pool_size: usize,
+    /// PEM CA certificate(s) a `rediss://` server must chain to; the system's roots
+    /// when `None`. Only valid with a TLS URL.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// fred's config for `url`, with the TLS client built here for the `rediss` schemes
+/// (trusting `ca_file`, or the system's roots when it is `None`).
+///
+/// # Errors
+/// [`Error::Config`] when the URL does not parse, `ca_file` is given for a URL without
+/// TLS, or the CA file cannot be read or holds no certificate.
+pub fn fred_config(url: &str, ca_file: Option<&Path>) -> Result<Config, Error> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| Error::Config(format!("`{url}` is not a Redis URL")))?;
+    let Some(plain_scheme) = scheme
+        .to_ascii_lowercase()
+        .strip_prefix("rediss")
+        .map(|suffix| format!("redis{suffix}"))
+    else {
+        if ca_file.is_some() {
+            return Err(Error::Config(
+                "redis.ca_file applies only to rediss:// URLs".into(),
+            ));
+        }
+        return Config::from_url(url).map_err(|e| Error::Config(e.to_string()));
+    };
+    // Parse the URL as its plain form (fred would build a default TLS client from the
+    // process-wide provider), then attach our own TLS client.
+    let mut config = Config::from_url(&format!("{plain_scheme}://{rest}"))
+        .map_err(|e| Error::Config(e.to_string()))?;
+    config.tls = Some(fred::types::config::TlsConfig::from(tls_client(ca_file)?));
+    Ok(config)
+}
+
+/// A rustls client trusting `ca_file` (or the system's roots).
+fn tls_client(ca_file: Option<&Path>) -> Result<fred::rustls::ClientConfig, Error> {
+    use fred::rustls::pki_types::CertificateDer;
+    use fred::rustls::pki_types::pem::PemObject as _;
+    use fred::rustls::{ClientConfig, RootCertStore, crypto};
+
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let err =
+                |why: String| Error::Config(format!("redis.ca_file {}: {why}", path.display()));
+            let pem = std::fs::read(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| err(format!("not PEM certificates: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| err(format!("not a usable CA certificate: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(err("no certificate in the file".into()));
+            }
+        }
+        None => {
+            let native = fred::rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                return Err(Error::Config(
+                    "rediss:// without redis.ca_file needs the system's root certificates, and none were found".into(),
+                ));
+            }
+        }
+    }
+    let provider = crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(crypto::aws_lc_rs::default_provider()));
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS to Redis: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// A [`SessionStore`] backed by a fred connection pool.
@@ -42,8 +123,7 @@ impl RedisStore {
     /// # Errors
     /// [`Error::Config`] when the URL cannot be parsed.
     pub fn connect(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, Error> {
-        let mut config =
-            Config::from_url(&settings.url).map_err(|e| Error::Config(e.to_string()))?;
+        let mut config = fred_config(&settings.url, settings.ca_file.as_deref())?;
         // Keep reconnecting rather than failing start-up when Redis is briefly away:
         // /readyz reports the state and requests fail closed meanwhile.
         config.fail_fast = false;
@@ -214,5 +294,46 @@ impl SessionStore for RedisStore {
         let result = client.ping::<String>(None).await;
         self.observe("PING", started);
         result.map(|_| ()).map_err(|e| self.fail("PING", &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_error(url: &str, ca_file: Option<&Path>) -> String {
+        match fred_config(url, ca_file) {
+            Err(Error::Config(message)) => message,
+            Err(other) => panic!("{url}: not a config error: {other}"),
+            Ok(_) => panic!("{url} with {ca_file:?} was accepted"),
+        }
+    }
+
+    #[test]
+    fn plain_urls_have_no_tls_and_refuse_a_ca_file() {
+        let config = fred_config("redis://127.0.0.1:6379/0", None).unwrap();
+        assert!(config.tls.is_none());
+        let message = config_error("redis://127.0.0.1:6379/0", Some(Path::new("/ca.pem")));
+        assert!(message.contains("only to rediss://"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_a_config_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("sg-ca-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let cases = [
+            (dir.join("missing.pem"), "cannot read"),
+            (empty, "no certificate"),
+        ];
+        for (path, why) in &cases {
+            for url in ["rediss://h:6380/0", "rediss-cluster://h:6380"] {
+                let message = config_error(url, Some(path));
+                assert!(message.contains(why), "{url}: {message}");
+                assert!(message.contains(&path.display().to_string()), "{message}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -93,6 +93,9 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// Connections in the pool (1 to 64).
     pub pool_size: usize,
+    /// CA certificate(s) a `rediss://` server must chain to (system roots when `None`);
+    /// only set with a TLS scheme.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[session]`.
@@ -327,6 +330,12 @@ impl From<&Config> for ConfigDto {
                 url: c.redis.url.clone(),
                 timeout: c.redis.timeout,
                 pool_size: c.redis.pool_size,
+                ca_file: c
+                    .redis
+                    .ca_file
+                    .as_deref()
+                    .map(path_string)
+                    .unwrap_or_default(),
             },
             session: SessionDto {
                 cookie: c.session.cookie.clone(),
@@ -510,6 +519,7 @@ upstreams = ["127.0.0.1:9001"]
                 url: "redis://127.0.0.1:6379/0".into(),
                 timeout: Duration::from_millis(250),
                 pool_size: 4,
+                ca_file: None,
             },
             session: SessionConfig {
                 cookie: "__Host-session".into(),
@@ -578,6 +588,7 @@ upgrade_sock = "/run/sg/upgrade.sock"
 url = "rediss-cluster://redis-0:6379"
 timeout = "1s"
 pool_size = 64
+ca_file = "/etc/sg/redis-ca.pem"
 
 [session]
 cookie = "sid"
@@ -648,6 +659,7 @@ auth = "none"
                 url: "rediss-cluster://redis-0:6379".into(),
                 timeout: Duration::from_secs(1),
                 pool_size: 64,
+                ca_file: Some("/etc/sg/redis-ca.pem".into()),
             },
             session: SessionConfig {
                 cookie: "sid".into(),
@@ -752,6 +764,11 @@ auth = "none"
                 "server.tls",
             ),
             ("[server]\ngrace_period = \"soon\"", "server.grace_period"),
+            ("[redis]\nca_file = \"/etc/ca.pem\"", "redis.ca_file"),
+            (
+                "[redis]\nurl = \"redis://h:6379\"\nca_file = \"/etc/ca.pem\"",
+                "redis.ca_file",
+            ),
             (
                 "[server]\nmax_cookie_header_bytes = 0",
                 "server.max_cookie_header_bytes",

@@ -80,6 +80,9 @@ pub struct RedisDto {
     pub timeout: Duration,
     /// Connections in the pool. Default `4`.
     pub pool_size: usize,
+    /// *Extension.* PEM CA certificate(s) a `rediss://` server must chain to; `""`
+    /// means the system roots. Default `""`.
+    pub ca_file: String,
 }
 
 /// `[session]`.
@@ -215,6 +218,7 @@ impl Default for RedisDto {
             url: "redis://127.0.0.1:6379/0".into(),
             timeout: Duration::from_millis(250),
             pool_size: 4,
+            ca_file: String::new(),
         }
     }
 }

@@ -579,10 +579,21 @@ fn redis(dto: &ConfigDto, v: &mut Errors) -> RedisConfig {
     if !(1..=64).contains(&r.pool_size) {
         v.push("redis.pool_size", "must be between 1 and 64");
     }
+    let tls = r
+        .url
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("rediss"));
+    if !r.ca_file.is_empty() && !tls {
+        v.push(
+            "redis.ca_file",
+            "applies only to TLS URLs (rediss://, rediss-cluster://, rediss-sentinel://)",
+        );
+    }
     RedisConfig {
         url: r.url.clone(),
         timeout: r.timeout,
         pool_size: r.pool_size,
+        ca_file: (!r.ca_file.is_empty()).then(|| PathBuf::from(&r.ca_file)),
     }
 }
 
