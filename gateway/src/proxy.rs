@@ -515,6 +515,9 @@ impl ProxyHttp for Gateway {
         ctx.tries += 1;
         let mut peer = HttpPeer::new(chosen.addr, chosen.tls, chosen.sni);
         peer.options.ca = chosen.ca;
+        // Pingora's pool does not key connections by CA: never reuse one verified
+        // against another route's trust.
+        peer.group_key = chosen.ca_group;
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.total_connection_timeout = Some(Duration::from_secs(5));
         Ok(Box::new(peer))
@@ -621,10 +624,21 @@ impl ProxyHttp for Gateway {
                 _ => Refusal::BadGateway,
             },
         };
-        // Connect failures were counted in fail_to_connect; count the rest here.
+        // Connect failures (TLS handshakes and certificate checks included) were counted
+        // in fail_to_connect; count the rest here.
         let connect_failure = matches!(
             e.etype(),
-            ErrorType::ConnectRefused | ErrorType::ConnectTimedout | ErrorType::ConnectError
+            ErrorType::ConnectRefused
+                | ErrorType::ConnectTimedout
+                | ErrorType::ConnectError
+                | ErrorType::TLSWantX509Lookup
+                | ErrorType::TLSHandshakeFailure
+                | ErrorType::TLSHandshakeTimedout
+                | ErrorType::InvalidCert
+                | ErrorType::HandshakeError
+                | ErrorType::SocketError
+                | ErrorType::BindError
+                | ErrorType::ConnectProxyFailure
         );
         if let Some(route) = ctx
             .route

@@ -1,5 +1,11 @@
 //! The route table: host and longest-prefix matching on normalized paths, and the
 //! upstream pool of each route with round-robin and passive failure handling.
+//!
+//! **Connection reuse and trust.** Pingora pools upstream connections by address, SNI
+//! and verification flags, not by the CA a connection was verified against. Each route
+//! therefore tags its peers with a group key derived from its CA certificates
+//! ([`Chosen::ca_group`]), so a route never reuses a TLS connection that another route
+//! verified against a different CA (or against the system roots).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -44,6 +50,7 @@ pub struct Route {
 pub struct Upstreams {
     lb: LoadBalancer<RoundRobin>,
     ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    ca_group: u64,
     tls: HashMap<SocketAddr, (bool, String)>,
     ejected_until: HashMap<SocketAddr, AtomicU64>,
     epoch: Instant,
@@ -60,6 +67,9 @@ pub struct Chosen {
     pub sni: String,
     /// CA the upstream must chain to (system roots when `None`).
     pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// Connection-pool group of that trust: 0 for the system roots, else derived from
+    /// the CA certificates. Peers with different groups never share connections.
+    pub ca_group: u64,
 }
 
 /// Why a route table could not be built.
@@ -104,17 +114,21 @@ impl Upstreams {
             message: e.to_string(),
         })?;
         let ejected_until = addrs.iter().map(|a| (*a, AtomicU64::new(0))).collect();
-        let ca = match &route.ca_file {
-            Some(path) => Some(load_ca(path).map_err(|message| RouteError {
-                route: route.name.clone(),
-                upstream: path.display().to_string(),
-                message,
-            })?),
-            None => None,
+        let (ca, ca_group) = match &route.ca_file {
+            Some(path) => {
+                let (ca, group) = load_ca(path).map_err(|message| RouteError {
+                    route: route.name.clone(),
+                    upstream: path.display().to_string(),
+                    message,
+                })?;
+                (Some(ca), group)
+            }
+            None => (None, 0),
         };
         Ok(Self {
             lb,
             ca,
+            ca_group,
             tls,
             ejected_until,
             epoch: Instant::now(),
@@ -147,6 +161,7 @@ impl Upstreams {
             tls,
             sni,
             ca: self.ca.clone(),
+            ca_group: self.ca_group,
         })
     }
 
@@ -176,18 +191,38 @@ impl Upstreams {
     }
 }
 
-/// Loads a PEM CA certificate for upstream TLS verification.
-fn load_ca(path: &std::path::Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+/// Loads every certificate of a PEM CA file for upstream TLS verification, with the
+/// connection-pool group of that trust (from SHA-256 of the certificates, never 0).
+fn load_ca(path: &std::path::Path) -> Result<(Arc<pingora::protocols::tls::CaType>, u64), String> {
     use pingora::utils::tls::{WrappedX509, parse_x509};
-    let der =
-        pingora::tls::load_pem_file_ca(&path.display().to_string()).map_err(|e| e.to_string())?;
-    if der.is_empty() {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    use sha2::{Digest as _, Sha256};
+
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA file: {e}"))?;
+    let mut ders = Vec::new();
+    let mut digest = Sha256::new();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("the CA file is not PEM certificates: {e}"))?;
+        digest.update(cert.as_ref());
+        ders.push(cert.to_vec());
+    }
+    if ders.is_empty() {
         return Err("no certificate in the CA file".into());
     }
     // Pingora's parser panics on bad DER; this runs only when the route table is built.
-    let wrapped = std::panic::catch_unwind(|| WrappedX509::new(der, parse_x509))
-        .map_err(|_| "the CA file does not hold a valid X.509 certificate".to_owned())?;
-    Ok(Arc::from(vec![wrapped].into_boxed_slice()))
+    let wrapped = std::panic::catch_unwind(|| {
+        ders.into_iter()
+            .map(|der| WrappedX509::new(der, parse_x509))
+            .collect::<Vec<_>>()
+    })
+    .map_err(|_| "the CA file does not hold valid X.509 certificates".to_owned())?;
+    let mut group = [0_u8; 8];
+    group.copy_from_slice(&digest.finalize()[..8]);
+    Ok((
+        Arc::from(wrapped.into_boxed_slice()),
+        u64::from_le_bytes(group).max(1),
+    ))
 }
 
 /// All routes, ordered for matching. Immutable; replaced whole on reload.
@@ -274,4 +309,62 @@ pub fn host_of(raw: &str) -> &str {
             raw
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_pem(name: &str) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn ca_files_load_every_certificate_and_name_their_pool_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let (a, b) = (ca_pem("a"), ca_pem("b"));
+        let one = write("one.pem", &a);
+        let bundle = write("bundle.pem", &format!("{a}\n{b}"));
+        let same = write("same.pem", &format!("# a comment\n{a}"));
+
+        let (ca_one, group_one) = load_ca(&one).unwrap();
+        let (ca_bundle, group_bundle) = load_ca(&bundle).unwrap();
+        let (_, group_same) = load_ca(&same).unwrap();
+        assert_eq!(ca_one.len(), 1);
+        assert_eq!(
+            ca_bundle.len(),
+            2,
+            "every certificate of a bundle is trusted"
+        );
+        assert_ne!(group_one, 0, "0 is the system roots' group");
+        assert_ne!(group_one, group_bundle, "different trust, different pool");
+        assert_eq!(group_one, group_same, "the same certificates share a pool");
+
+        for (name, text, why) in [
+            ("empty.pem", "no PEM here\n", "no certificate"),
+            (
+                "garbage.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "valid X.509",
+            ),
+        ] {
+            let err = load_ca(&write(name, text)).map(|_| ()).unwrap_err();
+            assert!(err.contains(why), "{name}: {err}");
+        }
+        let err = load_ca(&dir.path().join("missing.pem"))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.contains("cannot read"), "{err}");
+    }
 }
