@@ -291,6 +291,8 @@ pub fn assemble(
         metrics: metrics.clone(),
     };
 
+    // SIGHUP also re-reads the TLS certificate (when there is one).
+    let cert_check = Arc::new(tokio::sync::Notify::new());
     if let Some(path) = config_path {
         let reloader = Arc::new(crate::reload::Reloader::new(
             path.to_path_buf(),
@@ -309,10 +311,12 @@ pub fn assemble(
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             })
             .map_err(StartError::Runtime)?;
+        let cert_check = cert_check.clone();
         background.spawn(async move {
             while hangups.recv().await.is_some() {
                 let reloader = reloader.clone();
                 let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                cert_check.notify_one();
             }
         });
     }
@@ -362,9 +366,19 @@ pub fn assemble(
             let reloads = cert_reloads;
             background.spawn(async move {
                 loop {
-                    tokio::time::sleep(crate::tls::CHECK_EVERY).await;
+                    let forced = tokio::select! {
+                        () = tokio::time::sleep(crate::tls::CHECK_EVERY) => false,
+                        () = cert_check.notified() => true,
+                    };
                     let r = resolver.clone();
-                    match tokio::task::spawn_blocking(move || r.reload_if_changed()).await {
+                    let check = move || {
+                        if forced {
+                            r.reload().map(|()| true)
+                        } else {
+                            r.reload_if_changed()
+                        }
+                    };
+                    match tokio::task::spawn_blocking(check).await {
                         Ok(Ok(true)) => {
                             reloads.with_label_values(&["ok"]).inc();
                             info!("TLS certificate reloaded.");

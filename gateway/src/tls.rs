@@ -2,9 +2,9 @@
 //!
 //! The listener's rustls config resolves its certificate through [`CertReloader`], which
 //! holds the parsed chain and key behind an `ArcSwap`. A background task checks the two
-//! files every [`CHECK_EVERY`] (and on SIGHUP) and swaps in a new pair when they change
-//! and parse; a bad new pair is refused, logged and counted, and the old one keeps
-//! serving. Handshakes never wait on a lock.
+//! files every [`CHECK_EVERY`] and swaps in a new pair when they change and parse; SIGHUP
+//! re-reads them at once, changed or not. A bad new pair is refused, logged and counted,
+//! and the old one keeps serving. Handshakes never wait on a lock.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -88,12 +88,24 @@ impl CertReloader {
         if *self.seen.lock() == now {
             return Ok(false);
         }
+        self.install(now).map(|()| true)
+    }
+
+    /// Re-reads the pair whether or not the files changed (SIGHUP).
+    ///
+    /// # Errors
+    /// [`TlsError`] when the files do not load; the old pair stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        self.install(stamp(&[&self.cert, &self.key]))
+    }
+
+    fn install(&self, now: Stamp) -> Result<(), TlsError> {
         // Remember the stamp even on failure, so a broken pair is reported once, not
         // every CHECK_EVERY; the next change is tried again.
         *self.seen.lock() = now;
         let certified = load_pair(&self.cert, &self.key)?;
         self.current.store(Arc::new(certified));
-        Ok(true)
+        Ok(())
     }
 }
 
