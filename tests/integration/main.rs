@@ -23,4 +23,5 @@ mod robustness;
 mod routing;
 mod status_table;
 mod topology;
+mod tls;
 mod websocket;
