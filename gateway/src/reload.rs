@@ -3,10 +3,15 @@
 //!
 //! An invalid new config is refused, logged and counted; the running one stays. Settings
 //! that need a restart (listeners, TLS, threads, Redis, keys, token issuer/algorithm)
-//! are named in the log and left as they are.
+//! are named in the log and left as they are: the reloader remembers the config as
+//! *applied* (the new file with those settings as they run), so the next reload compares
+//! against what really runs. A token lifetime longer than the longest one the gateway
+//! started with is refused: signing keys stay published for that longest lifetime, and
+//! longer-lived tokens would outlive their key in the JWKS.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use exchange::Exchange;
 use parking_lot::Mutex;
@@ -65,6 +70,8 @@ pub struct ReloadReport {
 pub struct Reloader {
     path: PathBuf,
     current: Mutex<Config>,
+    /// The longest token lifetime the keyring's retention was set up for at start.
+    max_token_ttl: Duration,
     handles: GatewayHandles,
     exchange: Arc<Exchange>,
     metrics: Arc<Metrics>,
@@ -83,6 +90,7 @@ impl Reloader {
     ) -> Self {
         Self {
             path,
+            max_token_ttl: longest_token_ttl(&config),
             current: Mutex::new(config),
             handles,
             exchange,
@@ -132,6 +140,14 @@ impl Reloader {
     fn try_reload(&self) -> Result<ReloadReport, Vec<String>> {
         let new = Config::load(&self.path)
             .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let longest = longest_token_ttl(&new);
+        if longest > self.max_token_ttl {
+            return Err(vec![format!(
+                "token lifetimes up to {} need a restart: signing keys stay published for the longest lifetime the gateway started with ({})",
+                humantime::format_duration(longest),
+                humantime::format_duration(self.max_token_ttl),
+            )]);
+        }
         let routes =
             RouteTable::build(&new.routes, &self.metrics).map_err(|e| vec![e.to_string()])?;
         let mut current = self.current.lock();
@@ -139,28 +155,58 @@ impl Reloader {
             .into_iter()
             .map(String::from)
             .collect();
+        let applied = applied(&current, new);
         // Swap: routes, then settings, then session settings. Each swap is atomic; a
         // request sees either the old or the new value of each.
         self.handles.routes.store(Arc::new(routes));
-        let mut settings = ProxySettings::from_config(&new);
-        // TLS on the listener cannot change without a restart; keep reporting the truth.
-        settings.tls = current.server.tls.is_some();
-        self.handles.settings.store(Arc::new(settings));
+        self.handles
+            .settings
+            .store(Arc::new(ProxySettings::from_config(&applied)));
         needs_restart.extend(
             self.exchange
-                .reconfigure(session_settings(&new))
+                .reconfigure(session_settings(&applied))
                 .into_iter()
                 .map(String::from),
         );
-        *current = new;
+        *current = applied;
         Ok(ReloadReport { needs_restart })
     }
+}
+
+/// The longest lifetime of the tokens a config mints.
+fn longest_token_ttl(config: &Config) -> Duration {
+    config
+        .routes
+        .iter()
+        .map(|r| r.token_ttl)
+        .fold(config.token.ttl, Duration::max)
+}
+
+/// `new` with every restart-only setting (see [`restart_only_changes`]) as it runs in
+/// `running`: the config the gateway really runs after a reload.
+pub fn applied(running: &Config, new: Config) -> Config {
+    let mut applied = new;
+    let (s, r) = (&mut applied.server, &running.server);
+    s.listen = r.listen;
+    s.admin_listen = r.admin_listen;
+    s.tls.clone_from(&r.tls);
+    s.threads = r.threads;
+    s.grace_period = r.grace_period;
+    s.upgrade_sock.clone_from(&r.upgrade_sock);
+    applied.redis.clone_from(&running.redis);
+    applied.token.issuer.clone_from(&running.token.issuer);
+    applied.token.algorithm = running.token.algorithm;
+    applied.keys.clone_from(&running.keys);
+    applied.log.clone_from(&running.log);
+    applied.session.push_invalidation = running.session.push_invalidation;
+    applied.session.cache_max_entries = running.session.cache_max_entries;
+    applied
 }
 
 /// Config keys that differ between `old` and `new` and only take effect on restart.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
-    let checks: [(&'static str, bool); 12] = [
+    let checks: [(&'static str, bool); 13] = [
         ("server.listen", old.server.listen != new.server.listen),
         (
             "server.admin_listen",
@@ -187,6 +233,10 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         (
             "session.push_invalidation",
             old.session.push_invalidation != new.session.push_invalidation,
+        ),
+        (
+            "session.cache_max_entries",
+            old.session.cache_max_entries != new.session.cache_max_entries,
         ),
     ];
     for (name, changed) in checks {
@@ -226,6 +276,10 @@ upstreams = ["127.0.0.1:1"]
             ("[redis]\nurl = \"redis://10.0.0.1:6379/0\"\n", &["redis"]),
             ("[session]\ncache_ttl = \"1s\"\nclaims = [\"x\"]\n", &[]),
             (
+                "[session]\ncache_max_entries = 7\n",
+                &["session.cache_max_entries"],
+            ),
+            (
                 "[exchange]\nallowed_origins = [\"https://x.example\"]\n",
                 &[],
             ),
@@ -233,6 +287,27 @@ upstreams = ["127.0.0.1:1"]
         for (extra, expected) in cases {
             let new = Config::parse(&format!("{extra}{BASE}")).unwrap();
             assert_eq!(restart_only_changes(&base, &new), *expected, "{extra}");
+            // What a reload applies keeps every restart-only setting as it runs, and
+            // takes everything else from the new file.
+            let applied = applied(&base, new.clone());
+            assert_eq!(
+                restart_only_changes(&base, &applied),
+                [] as [&str; 0],
+                "{extra}"
+            );
+            assert_eq!(restart_only_changes(&applied, &new), *expected, "{extra}");
+            assert_eq!(applied.session.claims, new.session.claims, "{extra}");
+            assert_eq!(applied.exchange, new.exchange, "{extra}");
         }
+    }
+
+    #[test]
+    fn longest_token_ttl_covers_routes_and_the_default() {
+        let base = Config::parse(BASE).unwrap();
+        assert_eq!(longest_token_ttl(&base), Duration::from_secs(300));
+        let shorter = Config::parse(&format!("{BASE}token_ttl = \"1m\"\n")).unwrap();
+        assert_eq!(longest_token_ttl(&shorter), Duration::from_secs(300));
+        let longer = Config::parse(&format!("[token]\nttl = \"10m\"\n{BASE}")).unwrap();
+        assert_eq!(longest_token_ttl(&longer), Duration::from_secs(600));
     }
 }

@@ -19,6 +19,7 @@ mod jwks;
 mod keyring;
 mod monitoring;
 mod logs;
+mod reload;
 mod robustness;
 mod routing;
 mod status_table;
