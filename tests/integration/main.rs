@@ -18,6 +18,7 @@ mod interop;
 mod jwks;
 mod keyring;
 mod monitoring;
+mod lifecycle;
 mod logs;
 mod reload;
 mod robustness;
