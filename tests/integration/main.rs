@@ -26,4 +26,5 @@ mod routing;
 mod status_table;
 mod topology;
 mod tls;
+mod verifying;
 mod websocket;
