@@ -1,7 +1,9 @@
 //! Process lifecycle: graceful shutdown on SIGTERM (a request in flight completes; the
 //! process exits after `server.grace_period`, not Pingora's default 300 s) and the
 //! zero-downtime binary upgrade (`sessiongate run --upgrade`, then SIGQUIT to the old
-//! process) under a continuous load of requests, none of which may fail.
+//! process) under a continuous load of requests, none of which may fail. The load uses
+//! a new connection per request; clients that keep connections alive can meet the usual
+//! HTTP/1.1 race when the old process closes an idle connection (docs/operations.md).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
