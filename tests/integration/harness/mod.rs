@@ -10,16 +10,16 @@
 pub(crate) mod certs;
 pub(crate) mod eventually;
 pub(crate) mod gateway;
-pub(crate) mod keyring;
 pub(crate) mod held;
+pub(crate) mod keyring;
 pub(crate) mod ports;
 pub(crate) mod prometheus;
 pub(crate) mod python;
 pub(crate) mod raw;
 pub(crate) mod redis;
-pub(crate) mod topology;
 pub(crate) mod scrape;
 pub(crate) mod secrets;
+pub(crate) mod topology;
 pub(crate) mod upstream;
 
 use std::sync::Once;
