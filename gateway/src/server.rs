@@ -403,6 +403,7 @@ pub fn assemble(
         store,
         ready_timeout: config.redis.timeout.max(Duration::from_millis(100)) * 4,
         jwks_max_age: crate::jwks::max_age(config.keys.publish_ahead),
+        proxy_listener: crate::admin::ListenerProbe::new(config.server.listen),
     };
     let mut admin_service = Service::new("sessiongate admin".to_owned(), admin);
     admin_service.add_tcp(&config.server.admin_listen.to_string());
