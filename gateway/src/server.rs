@@ -153,7 +153,7 @@ pub fn key_store(
         KeyStoreConfig::File { dir } => Ok(Arc::new(keys::FileStore::new(dir.clone()))),
         KeyStoreConfig::Redis => {
             let redis = redis.ok_or_else(|| StartError::Listener {
-                addr: config.redis.url.clone(),
+                addr: crate::config::redact_url(&config.redis.url).into_owned(),
                 message: "keys.store = \"redis\" needs the Redis session store".into(),
             })?;
             let kek = crate::keystore::kek_from_env(&config.keys.kek_env)?;

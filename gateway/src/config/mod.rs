@@ -268,9 +268,12 @@ impl Config {
     }
 
     /// The effective config as TOML, every default filled in; it parses back to an equal
-    /// `Config`. Printed by `sessiongate config check`.
+    /// `Config`, except that a password in `redis.url` is shown as `***` (see
+    /// [`redact_url`]). Printed by `sessiongate config check`.
     pub fn to_effective_toml(&self) -> String {
-        match toml::to_string(&ConfigDto::from(self)) {
+        let mut dto = ConfigDto::from(self);
+        dto.redis.url = redact_url(&dto.redis.url).into_owned();
+        match toml::to_string(&dto) {
             Ok(text) => text,
             // Every field is a string, number, bool, array or table: this cannot fail.
             Err(e) => format!("# the effective config could not be rendered: {e}\n"),
@@ -407,6 +410,45 @@ impl From<&Config> for ConfigDto {
                 })
                 .collect(),
         }
+    }
+}
+
+/// `url` with the password of its user info and any `sentinelPassword` query value
+/// replaced by `***`, for output and error messages: `redis://app:s3cret@h:6379/0`
+/// becomes `redis://app:***@h:6379/0`. A URL without secrets is returned as it is.
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("sentinelPassword") => {
+                        format!("{k}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    let redacted = format!("{scheme}://{authority}{tail}");
+    if redacted == url {
+        url.into()
+    } else {
+        redacted.into()
     }
 }
 
@@ -1255,6 +1297,35 @@ auth = "sometimes"
         assert!(
             doc.contains("`server.tls`"),
             "docs/configuration.md does not document `server.tls`"
+        );
+    }
+
+    #[test]
+    fn redact_url_hides_passwords_and_nothing_else() {
+        let cases = [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
+            ("rediss://app:s3cret@h:6380", "rediss://app:***@h:6380"),
+            ("redis://app@h:6379", "redis://app@h:6379"),
+            ("redis://a:p@ss@h/0", "redis://a:***@h/0"),
+            (
+                "redis-sentinel://u:p@s1:26379/0?sentinelServiceName=m&sentinelPassword=x&node=s2:26379",
+                "redis-sentinel://u:***@s1:26379/0?sentinelServiceName=m&sentinelPassword=***&node=s2:26379",
+            ),
+            ("not a url", "not a url"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+        let config = Config::parse(
+            "[redis]\nurl = \"redis://app:s3cret@redis:6379/0\"\n[keys]\nstore = \"file\"\ndir = \"/k\"\n[[route]]\nname = \"a\"\npath_prefix = \"/a\"\nupstreams = [\"127.0.0.1:1\"]\n",
+        )
+        .expect("valid");
+        let effective = config.to_effective_toml();
+        assert!(!effective.contains("s3cret"), "{effective}");
+        assert!(
+            effective.contains("redis://app:***@redis:6379/0"),
+            "{effective}"
         );
     }
 }
