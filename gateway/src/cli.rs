@@ -85,7 +85,8 @@ pub enum KeysCommand {
         /// The config.
         #[command(flatten)]
         config: ConfigArg,
-        /// The key id.
+        /// The key id (kids are base64url, so one may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
 }
@@ -99,7 +100,7 @@ pub enum SessionCommand {
         #[command(flatten)]
         config: ConfigArg,
         /// The subject.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         sub: String,
         /// Extra claim `name=value`; the value is parsed as JSON when it can be, else kept as a string.
         #[arg(long = "claim", value_name = "K=V")]
@@ -113,7 +114,8 @@ pub enum SessionCommand {
         /// The config.
         #[command(flatten)]
         config: ConfigArg,
-        /// The cookie value, or `-`.
+        /// The cookie value (which may start with `-`), or `-`.
+        #[arg(allow_hyphen_values = true)]
         token: String,
     },
     /// Revoke every session of a subject.
@@ -122,6 +124,7 @@ pub enum SessionCommand {
         #[command(flatten)]
         config: ConfigArg,
         /// The subject.
+        #[arg(allow_hyphen_values = true)]
         sub: String,
     },
 }
@@ -132,6 +135,7 @@ pub enum TokenCommand {
     /// Decode a JWT's header and claims without verifying it; `-` reads stdin.
     Inspect {
         /// The JWT, or `-`.
+        #[arg(allow_hyphen_values = true)]
         jwt: String,
     },
 }
@@ -423,6 +427,43 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn values_may_start_with_a_hyphen() {
+        // Kids and cookie values are base64url: `-` is one of their characters.
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("sessiongate").chain(args.iter().copied()))
+                .map(|cli| format!("{:?}", cli.command))
+        };
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["keys", "retire", "--config", "c", "-_KLKR5Iw"],
+                "kid: \"-_KLKR5Iw\"",
+            ),
+            (
+                &["keys", "retire", "-_KLKR5Iw", "--config", "c"],
+                "kid: \"-_KLKR5Iw\"",
+            ),
+            (
+                &["session", "revoke", "--config", "c", "-abc"],
+                "token: \"-abc\"",
+            ),
+            (&["session", "revoke", "--config", "c", "-"], "token: \"-\""),
+            (
+                &["session", "revoke-user", "--config", "c", "-u"],
+                "sub: \"-u\"",
+            ),
+            (
+                &["session", "create", "--config", "c", "--sub", "-u"],
+                "sub: \"-u\"",
+            ),
+            (&["token", "inspect", "-"], "jwt: \"-\""),
+        ];
+        for (args, want) in cases {
+            let got = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(got.contains(want), "{args:?}: {got}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | `{ns}keyring:version` | string | integer, `INCR`ed after every change; absent means `0` |
 //! | `{ns}keyring:lease` | string | rotation lease: the holder id, set with `SET NX PX` |
 //! | `{ns}keyring:changed` | pub/sub channel | the new version, published after every change |
+//! | `{ns}keyring:kek-check` | string | [`KEK_CHECK_PLAINTEXT`] sealed under the KEK (base64), so a replica with another KEK is refused even while the hash is empty |
 //!
 //! A key record is one line of JSON:
 //!
@@ -54,6 +55,13 @@ use crate::{Algorithm, Error, KeyRecord, KeyStore, Kid, UnixTime};
 /// The store name in errors.
 const STORE: &str = "redis";
 
+/// What `{ns}keyring:kek-check` holds, sealed under the KEK with [`KEK_CHECK_AAD`] as
+/// associated data.
+pub const KEK_CHECK_PLAINTEXT: &[u8] = b"sessiongate keyring kek check v1";
+
+/// The associated data (in place of a kid) of the KEK check value.
+const KEK_CHECK_AAD: &str = "sessiongate:kek-check";
+
 /// Sets a hash field only if it exists (`HSET` with "XX" semantics):
 /// `KEYS[1]` the hash, `ARGV[1]` the field, `ARGV[2]` the value; returns 1 if written.
 const REPLACE_FIELD: &str = r"
@@ -86,6 +94,7 @@ pub struct RedisKeyStore {
     version: String,
     lease: String,
     channel: String,
+    kek_check: String,
 }
 
 impl RedisKeyStore {
@@ -99,6 +108,61 @@ impl RedisKeyStore {
             version: format!("{namespace}keyring:version"),
             lease: format!("{namespace}keyring:lease"),
             channel: format!("{namespace}keyring:changed"),
+            kek_check: format!("{namespace}keyring:kek-check"),
+        }
+    }
+
+    /// Checks that the keyring in Redis belongs to this store's KEK.
+    ///
+    /// Unsealing the records proves the KEK only when there are records: a replica
+    /// started with another KEK on an empty keyring would otherwise seal the first key
+    /// under its own KEK, and every other replica would then fail to load it. So the
+    /// first replica whose KEK opened every record (or that found none) writes a check
+    /// value with `SET NX`; every load then opens it. Two replicas with different KEKs
+    /// racing on an empty keyring both `SET NX`, and the loser fails to open the winner's.
+    ///
+    /// # Errors
+    /// [`Error::Kek`] when the check value was sealed under another KEK;
+    /// [`Error::Backend`] if Redis fails.
+    async fn check_kek(&self) -> Result<(), Error> {
+        let check_kid = Kid::from(KEK_CHECK_AAD.to_owned());
+        let mut stored: Option<String> = self
+            .client
+            .get(self.kek_check.as_str())
+            .await
+            .map_err(|e| redis_error("GET", &self.kek_check, &e))?;
+        if stored.is_none() {
+            let sealed = STANDARD.encode(seal(&self.kek, &check_kid, KEK_CHECK_PLAINTEXT)?);
+            let _: Option<String> = self
+                .client
+                .set(
+                    self.kek_check.as_str(),
+                    sealed,
+                    None,
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(|e| redis_error("SET NX", &self.kek_check, &e))?;
+            stored = self
+                .client
+                .get(self.kek_check.as_str())
+                .await
+                .map_err(|e| redis_error("GET", &self.kek_check, &e))?;
+        }
+        let wrong = || Error::Kek {
+            reason: format!(
+                "the keyring in Redis is sealed under a different key-encryption key \
+                 ({} does not open with this one)",
+                self.kek_check
+            ),
+        };
+        let sealed = STANDARD
+            .decode(stored.unwrap_or_default().as_bytes())
+            .map_err(|_| wrong())?;
+        match open(&self.kek, &check_kid, &sealed) {
+            Ok(plain) if plain.expose() == KEK_CHECK_PLAINTEXT => Ok(()),
+            _ => Err(wrong()),
         }
     }
 
@@ -161,22 +225,26 @@ impl RedisKeyStore {
 
 #[async_trait]
 impl KeyStore for RedisKeyStore {
-    /// `HGETALL {ns}keyring`, then unseals every record.
+    /// `HGETALL {ns}keyring`, then unseals every record, then checks the KEK against
+    /// `{ns}keyring:kek-check` (written by the first load that opened every record).
     ///
     /// # Errors
     /// [`Error::Unseal`] naming the kid for a wrong key-encryption key (or tampered
-    /// data); [`Error::MalformedRecord`] naming the kid for a record that is not valid;
-    /// [`Error::Backend`] if Redis fails.
+    /// data); [`Error::Kek`] for a wrong key-encryption key on a keyring whose records
+    /// did not tell (an empty one); [`Error::MalformedRecord`] naming the kid for a
+    /// record that is not valid; [`Error::Backend`] if Redis fails.
     async fn load(&self) -> Result<Vec<KeyRecord>, Error> {
         let fields: BTreeMap<String, Bytes> = self
             .client
             .hgetall(self.ring.as_str())
             .await
             .map_err(|e| redis_error("HGETALL", &self.ring, &e))?;
-        fields
+        let records = fields
             .into_iter()
             .map(|(kid, json)| self.open_record(Kid::from(kid), &json))
-            .collect()
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.check_kek().await?;
+        Ok(records)
     }
 
     /// Seals the private key and `HSETNX`es the record.
@@ -312,6 +380,7 @@ impl fmt::Debug for RedisKeyStore {
             .field("version", &self.version)
             .field("lease", &self.lease)
             .field("channel", &self.channel)
+            .field("kek_check", &self.kek_check)
             .finish_non_exhaustive()
     }
 }
@@ -767,6 +836,36 @@ mod tests {
             );
             assert!(text.contains(field), "the error names the kid: {text}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_kek_is_refused_even_on_an_empty_keyring() {
+        let server = RedisServer::start().await;
+        let pool = pool(&server, 2).await;
+        let first = RedisKeyStore::new(pool.clone(), NS, kek(1));
+        assert!(first.load().await.unwrap().is_empty());
+        let check: Option<String> = pool.get("t:keyring:kek-check").await.unwrap();
+        let check = check.expect("the first load writes the check value");
+        assert!(!check.contains("sessiongate keyring"), "sealed: {check}");
+        // Same KEK: fine, again and again; another KEK: refused before it can add a key.
+        assert!(first.load().await.unwrap().is_empty());
+        let other = RedisKeyStore::new(pool.clone(), NS, kek(2));
+        let err = other.load().await.unwrap_err();
+        assert_eq!(err.kind(), "kek", "{err}");
+        assert!(
+            err.to_string().contains("different key-encryption key"),
+            "{err}"
+        );
+
+        // Two KEKs racing on an empty keyring of another namespace: exactly one wins.
+        let a = RedisKeyStore::new(pool.clone(), "race:", kek(3));
+        let b = RedisKeyStore::new(pool.clone(), "race:", kek(4));
+        let (ra, rb) = tokio::join!(a.load(), b.load());
+        assert_eq!(
+            usize::from(ra.is_ok()) + usize::from(rb.is_ok()),
+            1,
+            "{ra:?} {rb:?}"
+        );
     }
 
     /// `n` replicas, each with its own connection, store handle, manager and keyring.
