@@ -11,60 +11,23 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use crate::harness::{Route, Stack, Upstream};
+use crate::harness::python::{run, venv};
+use crate::harness::{Route, Stack, Upstream, tamper};
 
 const VERIFY_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/interop/verify.py");
 
-/// The virtualenv's python, created on first use (once per test process); shared with
-/// the keyring module's rotation interop test and the verifying examples.
+/// The virtualenv's python with PyJWT, created on first use (once per test process);
+/// shared with the keyring module's rotation interop test and the verifying examples.
 pub(crate) fn venv_python() -> PathBuf {
     static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    VENV.get_or_init(|| make_venv(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-venv")))
-        .clone()
-        .unwrap_or_else(|e| panic!("cannot set up the PyJWT virtualenv for the interop test: {e}"))
-}
-
-fn run(cmd: &mut Command) -> Result<Output, String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(format!(
-            "{cmd:?} exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn make_venv(dir: &Path) -> Result<PathBuf, String> {
-    let python = dir.join("bin").join("python");
-    let ready = dir.join(".sessiongate-ready");
-    if ready.exists() && python.exists() {
-        return Ok(python);
-    }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)
-            .map_err(|e| format!("removing a half-made venv at {}: {e}", dir.display()))?;
-    }
-    run(Command::new("python3").arg("-m").arg("venv").arg(dir))
-        .map_err(|e| format!("python3 -m venv failed (is python3-venv installed?): {e}"))?;
-    run(Command::new(&python).args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "PyJWT[crypto]==2.*",
-    ]))
-    .map_err(|e| format!("pip install PyJWT[crypto] failed (no network access to PyPI?): {e}"))?;
-    run(Command::new(&python).args(["-c", "import jwt, cryptography"]))?;
-    std::fs::write(&ready, b"ok").map_err(|e| e.to_string())?;
-    Ok(python)
+    VENV.get_or_init(|| {
+        let bin = venv("interop-venv", &["PyJWT[crypto]==2.*"])?;
+        let python = bin.join("python");
+        run(Command::new(&python).args(["-c", "import jwt, cryptography"]))?;
+        Ok(python)
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("cannot set up the PyJWT virtualenv for the interop test: {e}"))
 }
 
 fn verify_py(python: &Path, jwks_url: &str, token: &str, audience: &str, issuer: &str) -> Output {
@@ -83,15 +46,6 @@ fn verify_py(python: &Path, jwks_url: &str, token: &str, audience: &str, issuer:
         .stdin(Stdio::null())
         .output()
         .expect("run verify.py")
-}
-
-/// Flips one character in the middle of the signature.
-fn tamper(token: &str) -> String {
-    let (rest, sig) = token.rsplit_once('.').expect("three parts");
-    let mut sig: Vec<char> = sig.chars().collect();
-    let mid = sig.len() / 2;
-    sig[mid] = if sig[mid] == 'A' { 'B' } else { 'A' };
-    format!("{rest}.{}", sig.into_iter().collect::<String>())
 }
 
 fn interop(alg: &str) {

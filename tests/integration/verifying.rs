@@ -17,7 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
-use crate::harness::{Route, Stack, Upstream};
+use crate::harness::{Route, Stack, Upstream, tamper};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples");
 
@@ -89,15 +89,6 @@ fn jose_dir() -> PathBuf {
     })
     .clone()
     .unwrap_or_else(|e| panic!("cannot set up jose for the verifying test: {e}"))
-}
-
-/// Flips one character in the middle of the signature.
-fn tamper(token: &str) -> String {
-    let (rest, sig) = token.rsplit_once('.').expect("three parts");
-    let mut sig: Vec<char> = sig.chars().collect();
-    let mid = sig.len() / 2;
-    sig[mid] = if sig[mid] == 'A' { 'B' } else { 'A' };
-    format!("{rest}.{}", sig.into_iter().collect::<String>())
 }
 
 /// The same claims with `{"alg": "none"}` and no signature.

@@ -85,6 +85,18 @@ pub(crate) fn new_kek() -> String {
     kek
 }
 
+/// `token` with one character in the middle of its signature flipped.
+///
+/// # Panics
+/// If `token` has no `.`.
+pub(crate) fn tamper(token: &str) -> String {
+    let (rest, sig) = token.rsplit_once('.').expect("three parts");
+    let mut sig: Vec<char> = sig.chars().collect();
+    let mid = sig.len() / 2;
+    sig[mid] = if sig[mid] == 'A' { 'B' } else { 'A' };
+    format!("{rest}.{}", sig.into_iter().collect::<String>())
+}
+
 /// `__Host-session=<value>`, a `Cookie` header value carrying only the session cookie.
 pub(crate) fn cookie_header(value: &str) -> String {
     secrets::record("cookie", value);
