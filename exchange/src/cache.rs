@@ -9,9 +9,19 @@
 //! Memory is bounded by weight: each entry weighs its approximate size in bytes, but
 //! at least `max_bytes / max_entries`, so neither the byte bound nor the entry bound can
 //! be exceeded.
+//!
+//! An entry is also never trusted past the expiry of its Redis key (read with the value),
+//! so a key that expires naturally stops being trusted at once rather than when Redis
+//! gets round to expiring it and sending the invalidation.
+//!
+//! When a push channel is attached ([`SessionCache::suspend`]), the cache only answers
+//! from memory while that channel vouches for it ([`SessionCache::confirm_until`]): while
+//! it is down or unconfirmed, lookups *bypass* the cache and read the store, and a cached
+//! entry is used only when the store cannot answer (a Redis outage), and then only
+//! within its `cache_ttl`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -31,6 +41,8 @@ pub struct Entry {
     pub session: Option<Arc<Session>>,
     /// When the value was read from the store.
     pub fetched: Instant,
+    /// When the store's key expires, if it has an expiry: never trusted past it.
+    pub expires: Option<Instant>,
     /// Tokens minted for this session, by audience and lifetime.
     tokens: Mutex<Vec<CachedToken>>,
 }
@@ -49,8 +61,21 @@ impl Entry {
         Self {
             session,
             fetched,
+            expires: None,
             tokens: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same entry, no longer trusted once the store's key expires at `expires`.
+    #[must_use]
+    pub fn expiring(mut self, expires: Option<Instant>) -> Self {
+        self.expires = expires;
+        self
+    }
+
+    /// How long ago it was read from the store.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.fetched)
     }
 
     /// A reusable token for `audience` and `ttl`, if `reusable` accepts it.
@@ -140,6 +165,34 @@ pub struct SessionCache {
     /// Trust window of negative entries, in nanoseconds.
     negative_ttl_nanos: AtomicU64,
     generations: Box<[AtomicU64]>,
+    push: PushGate,
+}
+
+/// Whether the push channel currently vouches for the cache.
+///
+/// Without a channel attached the cache trusts entries for their trust window alone
+/// (`session.push_invalidation = false`: revocation takes up to `cache_ttl`). With one
+/// attached, entries are answered from memory only before `until`: the channel renews
+/// that lease after each heartbeat proved that its connection is still the tracked one
+/// and every invalidation Redis sent before the heartbeat's reply has been applied.
+struct PushGate {
+    /// A push channel is attached.
+    attached: AtomicBool,
+    /// The channel can never vouch again (it tracks a prefix the settings no longer use).
+    retired: AtomicBool,
+    /// Nanoseconds after `base` before which cached entries may be answered; 0 = never.
+    until: AtomicU64,
+    base: Instant,
+}
+
+impl PushGate {
+    fn allows(&self, now: Instant) -> bool {
+        if !self.attached.load(Ordering::Acquire) {
+            return true;
+        }
+        let until = self.until.load(Ordering::Acquire);
+        until != 0 && nanos(now.saturating_duration_since(self.base)) < until
+    }
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -152,6 +205,10 @@ pub enum Probe<'a> {
     Hit(Arc<Entry>),
     /// Not trusted or absent: the caller loads it and inserts through the guard.
     Load(Option<LoadGuard<'a>>, Option<Arc<Entry>>),
+    /// The push channel does not vouch for the cache right now: read the store, and use
+    /// the cached entry (if any, and if [`SessionCache::is_trusted`]) only when the
+    /// store cannot answer.
+    Bypass(Option<Arc<Entry>>),
 }
 
 impl SessionCache {
@@ -179,7 +236,47 @@ impl SessionCache {
             ttl_nanos: AtomicU64::new(nanos(ttl)),
             negative_ttl_nanos: AtomicU64::new(nanos(negative_ttl.min(ttl))),
             generations: (0..GENERATION_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            push: PushGate {
+                attached: AtomicBool::new(false),
+                retired: AtomicBool::new(false),
+                until: AtomicU64::new(0),
+                base: Instant::now(),
+            },
         }
+    }
+
+    /// Attaches a push channel, or reports it down: until the next
+    /// [`SessionCache::confirm_until`], lookups bypass the cache.
+    pub fn suspend(&self) {
+        self.push.until.store(0, Ordering::Release);
+        self.push.attached.store(true, Ordering::Release);
+    }
+
+    /// The push channel vouches for the cache until `until` (a lease it renews).
+    pub fn confirm_until(&self, until: Instant) {
+        if self.push.retired.load(Ordering::Acquire) {
+            return;
+        }
+        let n = nanos(until.saturating_duration_since(self.push.base)).max(1);
+        self.push.until.store(n, Ordering::Release);
+    }
+
+    /// The attached push channel can no longer vouch for the cache (for example, it
+    /// tracks a key prefix that a reload changed): lookups bypass the cache from now on.
+    pub fn retire_push(&self) {
+        self.push.retired.store(true, Ordering::Release);
+        self.suspend();
+    }
+
+    /// Whether a push channel is attached.
+    pub fn push_attached(&self) -> bool {
+        self.push.attached.load(Ordering::Acquire)
+    }
+
+    /// Whether the cache may answer from memory at `now`: no push channel is attached,
+    /// or the attached one vouches for the cache.
+    pub fn push_allows(&self, now: Instant) -> bool {
+        self.push.allows(now)
     }
 
     fn bucket(&self, key: &[u8; 32]) -> &AtomicU64 {
@@ -231,9 +328,10 @@ impl SessionCache {
             .store(nanos(negative_ttl.min(ttl)), Ordering::Relaxed);
     }
 
-    /// Whether `entry` may still be trusted at `now`.
+    /// Whether `entry` may still be trusted at `now`: younger than its trust window and
+    /// its store key not yet expired.
     pub fn is_trusted(&self, entry: &Entry, now: Instant) -> bool {
-        now.saturating_duration_since(entry.fetched) < self.trust(entry)
+        entry.age(now) < self.trust(entry) && entry.expires.is_none_or(|at| now < at)
     }
 
     /// Looks `key` up. A trusted entry is a hit; otherwise the caller gets a guard to
@@ -243,6 +341,9 @@ impl SessionCache {
         let Some(inner) = &self.inner else {
             return Probe::Load(None, None);
         };
+        if !self.push.allows(now) {
+            return Probe::Bypass(inner.peek(key));
+        }
         let mut stale = None;
         loop {
             match inner.get_value_or_guard_async(key).await {
@@ -289,6 +390,12 @@ impl SessionCache {
     /// Number of cached entries.
     pub fn len(&self) -> usize {
         self.inner.as_ref().map_or(0, Cache::len)
+    }
+
+    /// Total weight of the cached entries: their approximate size in bytes (at least
+    /// `max_bytes / max_entries` each).
+    pub fn weight(&self) -> u64 {
+        self.inner.as_ref().map_or(0, Cache::weight)
     }
 
     /// Whether the cache holds nothing.
@@ -422,5 +529,54 @@ mod tests {
         assert!(c.peek(&key).is_some());
         c.clear();
         assert!(c.peek(&key).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_attached_push_channel_gates_hits_by_its_lease() {
+        let c = cache(60_000);
+        let key = [3u8; 32];
+        let t0 = Instant::now();
+        c.insert(key, Arc::new(Entry::new(None, t0)));
+        assert!(
+            matches!(c.probe(&key, t0).await, Probe::Hit(_)),
+            "no channel"
+        );
+        // Attached but not yet armed: bypass, handing out the cached entry as a fallback.
+        c.suspend();
+        assert!(c.push_attached());
+        assert!(matches!(c.probe(&key, t0).await, Probe::Bypass(Some(_))));
+        // Vouched for until t0 + 500 ms.
+        c.confirm_until(t0 + Duration::from_millis(500));
+        assert!(matches!(
+            c.probe(&key, t0 + Duration::from_millis(100)).await,
+            Probe::Hit(_)
+        ));
+        // The lease lapses without a renewal: bypass again.
+        assert!(matches!(
+            c.probe(&key, t0 + Duration::from_millis(600)).await,
+            Probe::Bypass(Some(_))
+        ));
+        c.confirm_until(t0 + Duration::from_secs(10));
+        c.suspend();
+        assert!(matches!(c.probe(&key, t0).await, Probe::Bypass(_)));
+        // A retired channel can never vouch again.
+        c.retire_push();
+        c.confirm_until(t0 + Duration::from_secs(10));
+        assert!(matches!(c.probe(&key, t0).await, Probe::Bypass(_)));
+    }
+
+    #[test]
+    fn an_entry_is_not_trusted_past_its_key_expiry() {
+        let c = cache(60_000);
+        let t0 = Instant::now();
+        let entry = Entry::new(None, t0).expiring(Some(t0 + Duration::from_millis(200)));
+        assert!(c.is_trusted(&entry, t0 + Duration::from_millis(100)));
+        assert!(!c.is_trusted(&entry, t0 + Duration::from_millis(200)));
+        let forever = Entry::new(None, t0).expiring(None);
+        assert!(c.is_trusted(&forever, t0 + Duration::from_millis(200)));
+        assert!(
+            !c.is_trusted(&forever, t0 + Duration::from_secs(30)),
+            "negative ttl"
+        );
     }
 }

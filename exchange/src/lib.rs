@@ -111,7 +111,9 @@ impl Exchange {
     /// Applies new session settings (hot reload). Trust windows change at once; when the
     /// way sessions are keyed or decoded changes, the cache is flushed so nothing decoded
     /// under the old rules is reused. `cache_max_entries`, and turning a disabled cache
-    /// on, need a restart; the returned list names what was not applied.
+    /// on, need a restart; the returned list names what was not applied. A new key prefix
+    /// (or hashing) while a push channel is attached makes the cache bypassed until
+    /// restart, since the channel still tracks the old prefix.
     pub fn reconfigure(&self, new: SessionSettings) -> Vec<&'static str> {
         let old = self.settings.load_full();
         let mut not_applied = Vec::new();
@@ -121,8 +123,16 @@ impl Exchange {
         if !self.cache.is_enabled() && !new.cache_ttl.is_zero() {
             not_applied.push("session.cache_ttl (the cache was disabled at start)");
         }
-        let rekeyed = new.key_prefix != old.key_prefix
-            || new.hashed_keys != old.hashed_keys
+        let retargeted = new.key_prefix != old.key_prefix || new.hashed_keys != old.hashed_keys;
+        if retargeted && self.cache.push_attached() {
+            // The push channel tracks the old key prefix: it can no longer vouch for
+            // anything cached under the new one, so the cache is bypassed until restart.
+            self.cache.retire_push();
+            not_applied.push(
+                "session.key_prefix / session.hashed_keys for push invalidation (the cache is bypassed until restart)",
+            );
+        }
+        let rekeyed = retargeted
             || new.subject_field != old.subject_field
             || new.claims != old.claims
             || new.cookie != old.cookie;
@@ -197,7 +207,7 @@ impl Exchange {
                 self.metrics.session_cache.with_label_values(&["hit"]).inc();
                 self.metrics
                     .cached_session_age
-                    .observe(now.saturating_duration_since(entry.fetched).as_secs_f64());
+                    .observe(entry.age(now).as_secs_f64());
                 Ok(classify(entry, None, Source::Cache, unix, false))
             }
             Probe::Load(guard, stale) => {
@@ -208,9 +218,54 @@ impl Exchange {
                         .inc();
                 }
                 let generation = self.cache.generation(key);
-                let entry = Arc::new(Entry::new(self.fetch(token).await?, now));
+                let entry = Arc::new(self.fetch(token, now).await?);
                 self.insert_fetched(*key, &entry, generation, guard);
                 Ok(classify(entry, stale, Source::Redis, unix, false))
+            }
+            Probe::Bypass(cached) => self.lookup_bypassing(token, cached, now, unix).await,
+        }
+    }
+
+    /// A lookup while the push channel does not vouch for the cache: the store answers,
+    /// and the cached entry only stands in for it while the store is unreachable (and
+    /// then only within its trust window).
+    async fn lookup_bypassing(
+        &self,
+        token: &SessionToken,
+        cached: Option<Arc<Entry>>,
+        now: Instant,
+        unix: u64,
+    ) -> Result<Resolved, Error> {
+        let key = token.digest();
+        self.metrics
+            .session_cache
+            .with_label_values(&["bypass"])
+            .inc();
+        let generation = self.cache.generation(key);
+        match self.fetch(token, now).await {
+            Ok(entry) => {
+                let entry = Arc::new(entry);
+                self.insert_fetched(*key, &entry, generation, None);
+                Ok(classify(entry, cached, Source::Redis, unix, false))
+            }
+            Err(e) if e.is_unavailable() => {
+                // Redis is unreachable: SPEC lets a cached session no older than
+                // cache_ttl answer.
+                let Some(entry) = cached.filter(|c| self.cache.is_trusted(c, now)) else {
+                    return Err(e);
+                };
+                self.metrics
+                    .session_cache
+                    .with_label_values(&["outage_fallback"])
+                    .inc();
+                self.metrics
+                    .cached_session_age
+                    .observe(entry.age(now).as_secs_f64());
+                Ok(classify(entry, None, Source::Cache, unix, false))
+            }
+            Err(e) => {
+                self.cache.invalidate(key);
+                Err(e)
             }
         }
     }
@@ -224,8 +279,8 @@ impl Exchange {
         let key = token.digest();
         let previous = self.cache.peek(key);
         let generation = self.cache.generation(key);
-        let session = match self.fetch(token).await {
-            Ok(s) => s,
+        let entry = match self.fetch(token, now).await {
+            Ok(entry) => entry,
             Err(e) => {
                 self.metrics
                     .critical_checks
@@ -237,7 +292,7 @@ impl Exchange {
                 return Err(e);
             }
         };
-        let entry = Arc::new(Entry::new(session, now));
+        let entry = Arc::new(entry);
         // Refresh the cache with what the store just said; a deleted session takes its
         // cached tokens with it.
         self.insert_fetched(*key, &entry, generation, None);
@@ -273,14 +328,18 @@ impl Exchange {
         }
     }
 
-    async fn fetch(&self, token: &SessionToken) -> Result<Option<Arc<Session>>, Error> {
+    /// Reads the session from the store into a fresh cache entry read at `now`, which is
+    /// not trusted past the key's own expiry.
+    async fn fetch(&self, token: &SessionToken, now: Instant) -> Result<Entry, Error> {
         let settings = self.settings.load();
         let key = redis_key(&settings.key_prefix, token, settings.hashed_keys);
-        let Some(value) = self.store.get(&key).await? else {
-            return Ok(None);
+        let Some((value, ttl)) = self.store.get_with_ttl(&key).await? else {
+            return Ok(Entry::new(None, now));
         };
         match record::decode(&value, token, &settings) {
-            Ok(session) => Ok(Some(Arc::new(session))),
+            Ok(session) => {
+                Ok(Entry::new(Some(Arc::new(session)), now).expiring(ttl.map(|t| now + t)))
+            }
             Err(e) => Err(Error::Corrupt {
                 key_hint: format!("{}{}…", settings.key_prefix, &key_hint(token)),
                 reason: e.to_string(),

@@ -1,8 +1,14 @@
 //! Prometheus metrics owned by the exchange crate.
 
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
+
+use crate::cache::SessionCache;
 
 /// Metric families for session lookups, Redis commands and minting.
 pub struct Metrics {
@@ -19,7 +25,8 @@ pub struct Metrics {
     pub token_cache: IntCounterVec,
     /// `sessiongate_revocation_events_total{kind}`.
     pub revocation_events: IntCounterVec,
-    /// `sessiongate_session_cache_events_total{event}`: hit, miss, eviction, invalidation, flush, raced_invalidation.
+    /// `sessiongate_session_cache_events_total{event}`: hit, miss, bypass, outage_fallback,
+    /// eviction, invalidation, flush, raced_invalidation.
     pub session_cache: IntCounterVec,
     /// `sessiongate_session_cache_age_seconds`: age of a cached session when it is used.
     pub cached_session_age: Histogram,
@@ -32,6 +39,9 @@ pub struct Metrics {
     pub invalidations: IntCounter,
     /// `sessiongate_critical_checks_total{result}`: live session checks on critical routes.
     pub critical_checks: IntCounterVec,
+    /// `sessiongate_revocation_push_down_total{reason}`: times the invalidation channel
+    /// stopped vouching for the cache (error, reconnect, heartbeat, heartbeat_late, disconnected).
+    pub push_down: IntCounterVec,
 }
 
 impl Metrics {
@@ -53,6 +63,7 @@ impl Metrics {
         registry.register(Box::new(m.push_enabled.clone()))?;
         registry.register(Box::new(m.invalidations.clone()))?;
         registry.register(Box::new(m.critical_checks.clone()))?;
+        registry.register(Box::new(m.push_down.clone()))?;
         Ok(m)
     }
 
@@ -116,7 +127,7 @@ impl Metrics {
             session_cache: IntCounterVec::new(
                 Opts::new(
                     "sessiongate_session_cache_events_total",
-                    "Session cache events: hit, miss, eviction, invalidation, flush, raced_invalidation.",
+                    "Session cache events: hit, miss, bypass (the push channel could not vouch for the cache), outage_fallback (a cached session answered while Redis was unreachable), eviction, invalidation, flush, raced_invalidation.",
                 ),
                 &["event"],
             )
@@ -152,6 +163,61 @@ impl Metrics {
                 &["result"],
             )
             .unwrap(),
+            push_down: IntCounterVec::new(
+                Opts::new(
+                    "sessiongate_revocation_push_down_total",
+                    "Times the invalidation channel stopped vouching for the session cache, by reason.",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
         }
+    }
+}
+
+/// The session cache's size, read when metrics are scraped:
+/// `sessiongate_session_cache_entries` and `sessiongate_session_cache_bytes`.
+pub struct CacheSize {
+    cache: Arc<SessionCache>,
+    entries: IntGauge,
+    bytes: IntGauge,
+}
+
+impl CacheSize {
+    /// A collector for `cache`; register it with [`Registry::register`].
+    #[allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+    pub fn new(cache: Arc<SessionCache>) -> Self {
+        // The names are constants; construction cannot fail.
+        Self {
+            cache,
+            entries: IntGauge::new(
+                "sessiongate_session_cache_entries",
+                "Sessions (and negative entries) held in the session cache.",
+            )
+            .unwrap(),
+            bytes: IntGauge::new(
+                "sessiongate_session_cache_bytes",
+                "Approximate bytes held by the session cache, as counted against its byte bound.",
+            )
+            .unwrap(),
+        }
+    }
+}
+
+impl Collector for CacheSize {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut d = self.entries.desc();
+        d.extend(self.bytes.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.entries
+            .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
+        self.bytes
+            .set(i64::try_from(self.cache.weight()).unwrap_or(i64::MAX));
+        let mut families = self.entries.collect();
+        families.extend(self.bytes.collect());
+        families
     }
 }

@@ -4,28 +4,43 @@
 //! tokens minted for it).
 //!
 //! A dedicated RESP3 connection carries the push messages; sessions are still read
-//! through the pool. The channel's state is a gauge. The safety argument does not depend
-//! on the channel: every cache entry is trusted for at most `cache_ttl` whatever
-//! happens, so a lost invalidation can delay a revocation by at most `cache_ttl`. To
-//! keep the usual delay at milliseconds, the cache is flushed whenever tracking is
-//! (re)armed — anything cached while the channel was down may have missed an
+//! through the pool. Every cache entry is trusted for at most `cache_ttl` whatever
+//! happens; on top of that, the cache answers from memory only while this channel
+//! *vouches* for it ([`SessionCache::confirm_until`]), a lease the channel renews after
+//! every heartbeat that proves:
+//!
+//! - the connection is the one tracking was armed on (`CLIENT ID` unchanged) and it still
+//!   tracks the prefix (`CLIENT TRACKINGINFO`): no invalidation can have been lost to a
+//!   reconnection (a new connection does not track until re-armed);
+//! - every invalidation Redis wrote before the heartbeat's reply has been applied (they
+//!   arrive in order on the same connection and are drained before the lease is renewed);
+//! - the database was not flushed (the replica's canary key still exists): Redis's
+//!   invalidation for `FLUSHALL`/`FLUSHDB` carries no keys and fred drops it.
+//!
+//! When the channel errors, reconnects, or its heartbeat fails or is late, the lease
+//! lapses within [`LEASE`] and the cache is *bypassed*: lookups read Redis, and a cached
+//! entry only answers while Redis is unreachable (SPEC's outage row). When tracking is
+//! (re-)armed the cache is flushed first — anything cached before may have missed an
 //! invalidation — and on a lagged broadcast (messages were dropped).
 //!
-//! Known limits (docs/revocation.md): in Redis Cluster, BCAST tracking is per node, so
-//! the channel is armed on every node fred reconnects to; `FLUSHALL`/`FLUSHDB` send an
-//! invalidation fred does not surface (use `DEL`/`UNLINK` to revoke); natural expiry of
-//! a key is noticed when Redis expires it (up to ~100–200 ms late), which the cache's
-//! own check of the session's `exp` covers.
+//! In Redis Cluster, BCAST tracking is per node, so tracking is armed and checked on
+//! every primary; the canary covers the node its key lives on only (docs/revocation.md).
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use fred::prelude::{
-    Builder, Client, ClientInterface, ClientLike, ClusterInterface, EventInterface,
-    ReconnectPolicy, TrackingInterface,
+    Builder, Client, ClientInterface, ClientLike, ClusterInterface, Config, EventInterface,
+    Expiration, KeysInterface, ReconnectPolicy, TrackingInterface,
 };
-use fred::types::RespVersion;
-use tokio::sync::broadcast::error::RecvError;
+use fred::types::client::Invalidation;
+use fred::types::config::Server;
+use fred::types::config::UnresponsiveConfig;
+use fred::types::{RespVersion, Value};
+use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -33,6 +48,21 @@ use crate::Error;
 use crate::cache::SessionCache;
 use crate::metrics::Metrics;
 use crate::session::record::key_digest;
+
+/// How often the channel proves itself alive (and renews the cache's lease).
+pub const HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// How long one heartbeat lets the cache answer from memory: if the channel goes
+/// silently dead, the cache is bypassed at most this long after its last heartbeat.
+pub const LEASE: Duration = Duration::from_millis(500);
+
+/// How long a heartbeat may take before the channel is treated as down.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// How long the canary key lives; it is rewritten well before.
+const CANARY_TTL: Duration = Duration::from_secs(3600);
+/// How often the canary key is rewritten.
+const CANARY_REFRESH: Duration = Duration::from_secs(600);
 
 /// Settings of the invalidation channel.
 #[derive(Debug, Clone)]
@@ -57,10 +87,11 @@ pub struct Push {
 
 impl Push {
     /// Connects the tracking client and starts the task that applies invalidations to
-    /// `cache`. Must run inside the runtime that will own the connection.
+    /// `cache`. The cache is bypassed from now until tracking is first armed. Must run
+    /// inside the runtime that will own the connection.
     ///
     /// # Errors
-    /// [`Error::Config`] when the URL is invalid.
+    /// [`Error::Config`] when the URL is invalid or the system has no randomness.
     pub fn start(
         settings: PushSettings,
         cache: Arc<dyn Invalidate>,
@@ -70,25 +101,45 @@ impl Push {
             crate::store::redis::fred_config(&settings.url, settings.ca_file.as_deref())?;
         config.version = RespVersion::RESP3;
         config.fail_fast = false;
+        let connect_timeout = settings.timeout.max(Duration::from_secs(1));
         let client = Builder::from_config(config)
             .with_performance_config(|perf| {
                 // A lagged receiver flushes the whole cache; make that rare.
                 perf.broadcast_channel_capacity = 65_536;
+                perf.default_command_timeout = HEARTBEAT_TIMEOUT;
             })
             .with_connection_config(|conn| {
-                conn.connection_timeout = settings.timeout.max(Duration::from_secs(1));
-                conn.internal_command_timeout = settings.timeout.max(Duration::from_secs(1));
+                conn.connection_timeout = connect_timeout;
+                conn.internal_command_timeout = connect_timeout;
+                // A command never silently moves to a new connection: a heartbeat proves
+                // something about the connection it was sent on, or fails.
+                conn.max_command_attempts = 1;
+                conn.tcp.nodelay = Some(true);
+                // A connection that stops answering is closed and re-established (and
+                // tracking re-armed) rather than trusted.
+                conn.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(Duration::from_secs(2)),
+                    interval: Duration::from_millis(500),
+                };
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
         metrics.push_connected.set(0);
+        cache.suspend();
+        let canary = format!(
+            "{}canary:{}",
+            settings.key_prefix,
+            crate::revocation::random_hex(8)?
+        );
         let (stop, stop_rx) = watch::channel(false);
         let task = Tracker {
             client: client.clone(),
             settings,
+            canary,
             cache,
             metrics,
+            arm_failures: AtomicU32::new(0),
         };
         tokio::spawn(task.run(stop_rx));
         Ok(Self { client, stop })
@@ -99,7 +150,7 @@ impl Push {
         self.client.is_connected()
     }
 
-    /// Stops the channel and closes its connection.
+    /// Stops the channel and closes its connection; the cache stays bypassed.
     pub async fn stop(&self) {
         let _ = self.stop.send(true);
         let _ = self.client.quit().await;
@@ -112,6 +163,10 @@ pub trait Invalidate: Send + Sync + 'static {
     fn invalidate_digest(&self, digest: &[u8; 32]) -> bool;
     /// Drops everything.
     fn flush(&self);
+    /// The channel cannot vouch for the cache: bypass it until [`Invalidate::confirm_until`].
+    fn suspend(&self);
+    /// The channel vouches for the cache until `until`.
+    fn confirm_until(&self, until: Instant);
 }
 
 impl Invalidate for SessionCache {
@@ -122,13 +177,85 @@ impl Invalidate for SessionCache {
     fn flush(&self) {
         self.clear();
     }
+
+    fn suspend(&self) {
+        SessionCache::suspend(self);
+    }
+
+    fn confirm_until(&self, until: Instant) {
+        SessionCache::confirm_until(self, until);
+    }
 }
 
 struct Tracker {
     client: Client,
     settings: PushSettings,
+    /// This replica's canary key: it disappears on `FLUSHALL`/`FLUSHDB`.
+    canary: String,
     cache: Arc<dyn Invalidate>,
     metrics: Arc<Metrics>,
+    /// Failed attempts to arm since the last success.
+    arm_failures: AtomicU32,
+}
+
+/// What tracking was armed on.
+struct Armed {
+    /// Each tracked node (`None` for a non-clustered server) with the `CLIENT ID` of the
+    /// connection tracking was turned on for.
+    nodes: Vec<(Option<Server>, i64)>,
+    /// Whether the canary key could be written (and so is checked).
+    canary: bool,
+    /// When the canary was last written.
+    canary_written: Instant,
+}
+
+/// The outcome of a heartbeat.
+enum Beat {
+    /// The channel vouches for the cache again.
+    Ok,
+    /// No proof this time (slow or failed command on the same connection).
+    Late,
+    /// The connection changed or stopped tracking: re-arm.
+    Broken,
+}
+
+/// Why a heartbeat check gave no proof.
+enum Check {
+    /// The connection is not the armed one, or it does not track the prefix.
+    Broken(&'static str),
+    /// A command failed or timed out.
+    Failed,
+}
+
+impl From<fred::error::Error> for Check {
+    fn from(e: fred::error::Error) -> Self {
+        match e.kind() {
+            fred::error::ErrorKind::IO | fred::error::ErrorKind::Canceled => {
+                Check::Broken("the tracking connection failed")
+            }
+            _ => Check::Failed,
+        }
+    }
+}
+
+/// Why the channel went down.
+#[derive(Clone, Copy)]
+enum Down {
+    Error,
+    Reconnect,
+    Heartbeat,
+    Disconnected,
+}
+
+impl Down {
+    fn as_str(self) -> &'static str {
+        match self {
+            Down::Error => "error",
+            Down::Reconnect => "reconnect",
+            Down::Heartbeat => "heartbeat",
+            Down::Disconnected => "disconnected",
+        }
+    }
 }
 
 impl Tracker {
@@ -137,11 +264,31 @@ impl Tracker {
         let mut reconnects = self.client.reconnect_rx();
         let mut errors = self.client.error_rx();
         let _connection = self.client.connect();
-        let mut armed = false;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut armed: Option<Armed> = None;
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Biased: a pending error or reconnection is handled before any heartbeat
+            // could renew the lease.
             tokio::select! {
+                biased;
                 _ = stop.changed() => break,
+                err = errors.recv() => {
+                    match err {
+                        Ok((e, _)) => warn!(error = %e, "Invalidation channel error; the session cache is bypassed until it is re-armed."),
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => break,
+                    }
+                    self.down(&mut armed, Down::Error);
+                }
+                event = reconnects.recv() => {
+                    if matches!(event, Err(RecvError::Closed)) {
+                        break;
+                    }
+                    // A new connection has no tracking state: re-arm it (and flush).
+                    self.down(&mut armed, Down::Reconnect);
+                    armed = self.arm(&mut invalidations).await;
+                }
                 msg = invalidations.recv() => match msg {
                     Ok(inv) => self.apply(&inv.keys),
                     Err(RecvError::Lagged(n)) => {
@@ -150,48 +297,187 @@ impl Tracker {
                     }
                     Err(RecvError::Closed) => break,
                 },
-                _ = reconnects.recv() => {
-                    // A new connection has no tracking state: re-arm it (and flush).
-                    armed = self.arm().await;
-                }
-                err = errors.recv() => {
-                    if let Ok((e, _)) = err {
-                        warn!(error = %e, "Invalidation channel error; revocation falls back to the cache_ttl bound until it is re-armed.");
-                    }
-                    self.metrics.push_connected.set(0);
-                    armed = false;
-                }
                 _ = tick.tick() => {
                     let connected = self.client.is_connected();
-                    if armed && !connected {
-                        self.metrics.push_connected.set(0);
-                        armed = false;
-                    } else if !armed && connected {
-                        armed = self.arm().await;
+                    match &mut armed {
+                        Some(_) if !connected => self.down(&mut armed, Down::Disconnected),
+                        Some(state) => match self.heartbeat(state, &mut invalidations).await {
+                            Beat::Ok => {}
+                            Beat::Late => self.late(),
+                            Beat::Broken => self.down(&mut armed, Down::Heartbeat),
+                        },
+                        None if connected => armed = self.arm(&mut invalidations).await,
+                        None => {}
                     }
                 }
             }
         }
+        self.cache.suspend();
         self.metrics.push_connected.set(0);
     }
 
-    /// Turns tracking on for the session prefix, then flushes the cache.
-    async fn arm(&self) -> bool {
+    /// Stops vouching for the cache.
+    fn down(&self, armed: &mut Option<Armed>, why: Down) {
+        self.cache.suspend();
+        if armed.take().is_some() {
+            self.metrics.push_connected.set(0);
+            self.metrics
+                .push_down
+                .with_label_values(&[why.as_str()])
+                .inc();
+        }
+    }
+
+    /// A heartbeat brought no proof: stop vouching until one does.
+    fn late(&self) {
+        self.cache.suspend();
+        self.metrics.push_connected.set(0);
+        self.metrics
+            .push_down
+            .with_label_values(&["heartbeat_late"])
+            .inc();
+    }
+
+    /// Turns tracking on for the session prefix, writes the canary, flushes the cache,
+    /// and starts vouching for it.
+    async fn arm(&self, invalidations: &mut Receiver<Invalidation>) -> Option<Armed> {
+        let started = Instant::now();
         let prefix = self.settings.key_prefix.as_str();
-        match self.enable_tracking(prefix).await {
-            Ok(nodes) => {
-                // Anything cached before now may have missed an invalidation.
-                self.flush("rearmed");
-                self.metrics.push_connected.set(1);
-                info!(prefix, nodes, "Invalidation channel armed.");
-                true
-            }
+        let nodes = match self.enable_tracking(prefix).await {
+            Ok(nodes) => nodes,
             Err(e) => {
-                warn!(error = %e, "Could not arm the invalidation channel; retrying.");
-                self.metrics.push_connected.set(0);
-                false
+                // Retried every heartbeat: log the 1st, 2nd, 4th, 8th... failure in a row.
+                let failures = self.arm_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures.is_power_of_two() {
+                    warn!(error = %e, failures, "Could not arm the invalidation channel; the session cache is bypassed while retrying.");
+                }
+                return None;
+            }
+        };
+        self.arm_failures.store(0, Ordering::Relaxed);
+        let canary = if nodes.iter().all(|(node, _)| node.is_none()) {
+            match self.write_canary().await {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(error = %e, "Could not write the canary key; FLUSHALL/FLUSHDB will only be noticed within cache_ttl.");
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        // Anything cached before now may have missed an invalidation.
+        self.flush("rearmed");
+        if !self.drain(invalidations) {
+            return None;
+        }
+        self.cache.confirm_until(started + LEASE);
+        self.metrics.push_connected.set(1);
+        info!(prefix, nodes = nodes.len(), "Invalidation channel armed.");
+        Some(Armed {
+            nodes,
+            canary,
+            canary_written: Instant::now(),
+        })
+    }
+
+    /// Proves the channel still delivers every invalidation, then renews the lease.
+    async fn heartbeat(
+        &self,
+        armed: &mut Armed,
+        invalidations: &mut Receiver<Invalidation>,
+    ) -> Beat {
+        let started = Instant::now();
+        let checked = tokio::time::timeout(HEARTBEAT_TIMEOUT, self.check(armed)).await;
+        let canary_present = match checked {
+            Ok(Ok(present)) => present,
+            Ok(Err(Check::Broken(why))) => {
+                warn!(why, "Invalidation channel heartbeat failed; re-arming.");
+                return Beat::Broken;
+            }
+            Ok(Err(Check::Failed)) | Err(_) => {
+                // Late or failed, but nothing shows the connection changed: stop vouching
+                // until a heartbeat gets through. Invalidations in between are not lost
+                // (same connection, in order), so that heartbeat needs no flush.
+                return Beat::Late;
+            }
+        };
+        // Redis wrote every invalidation preceding the replies on this connection before
+        // them, and fred has queued them: apply them before vouching for the cache.
+        if !self.drain(invalidations) {
+            return Beat::Broken;
+        }
+        if armed.canary && !canary_present {
+            warn!(
+                "The canary key was gone (FLUSHALL, FLUSHDB or eviction); flushing the session cache."
+            );
+            self.flush("canary");
+        }
+        if armed.canary && armed.canary_written.elapsed() >= CANARY_REFRESH {
+            if let Err(e) = self.write_canary().await {
+                warn!(error = %e, "Could not rewrite the canary key; FLUSHALL/FLUSHDB will only be noticed within cache_ttl.");
+                armed.canary = false;
+            }
+            armed.canary_written = Instant::now();
+        }
+        self.cache.confirm_until(started + LEASE);
+        self.metrics.push_connected.set(1);
+        Beat::Ok
+    }
+
+    /// Checks every tracked connection; returns whether the canary still existed.
+    async fn check(&self, armed: &Armed) -> Result<bool, Check> {
+        for (node, id) in &armed.nodes {
+            let target = self.target(node.as_ref());
+            let now_id: i64 = target.client_id().await.map_err(Check::from)?;
+            if now_id != *id {
+                return Err(Check::Broken("the tracking connection was replaced"));
+            }
+            let info: HashMap<String, Value> =
+                target.client_trackinginfo().await.map_err(Check::from)?;
+            if !tracks(&info, &self.settings.key_prefix) {
+                return Err(Check::Broken(
+                    "the connection no longer tracks the session prefix",
+                ));
             }
         }
+        if !armed.canary {
+            return Ok(true);
+        }
+        // `SET NX` rather than `EXISTS`: a write-path lookup, so it neither counts as a
+        // keyspace hit nor (while the key exists) writes anything. It answers OK only
+        // when the key was gone, and then recreates it.
+        let recreated: Option<String> = self
+            .client
+            .set(
+                self.canary.as_str(),
+                "1",
+                Some(Expiration::EX(canary_ttl_secs())),
+                Some(fred::types::SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(Check::from)?;
+        Ok(recreated.is_none())
+    }
+
+    fn target(&self, node: Option<&Server>) -> fred::clients::WithOptions<Client> {
+        match node {
+            Some(server) => self.client.with_cluster_node(server.clone()),
+            None => self.client.with_options(&fred::prelude::Options::default()),
+        }
+    }
+
+    async fn write_canary(&self) -> Result<(), fred::error::Error> {
+        self.client
+            .set::<(), _, _>(
+                self.canary.as_str(),
+                "1",
+                Some(Expiration::EX(canary_ttl_secs())),
+                None,
+                false,
+            )
+            .await
     }
 
     /// `CLIENT TRACKING ON BCAST PREFIX p` on every connection of the client: in a
@@ -199,9 +485,12 @@ impl Tracker {
     /// is sent to every primary explicitly. Each connection is switched off first, which
     /// makes arming idempotent (Redis refuses a prefix a connection already tracks); the
     /// caller flushes the cache afterwards, so nothing missed in between is trusted.
-    /// Returns the number of nodes armed.
-    async fn enable_tracking(&self, prefix: &str) -> Result<usize, fred::error::Error> {
-        let nodes = if self.client.is_clustered() {
+    /// Returns each node with the id of its tracking connection.
+    async fn enable_tracking(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(Option<Server>, i64)>, fred::error::Error> {
+        let nodes: Vec<Option<Server>> = if self.client.is_clustered() {
             let nodes = self
                 .client
                 .cached_cluster_state()
@@ -217,11 +506,9 @@ impl Tracker {
         } else {
             vec![None]
         };
-        for node in &nodes {
-            let target = match node {
-                Some(server) => self.client.with_cluster_node(server.clone()),
-                None => self.client.with_options(&fred::prelude::Options::default()),
-            };
+        let mut armed = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let target = self.target(node.as_ref());
             let _ = target
                 .client_tracking::<(), _, _>(
                     "OFF",
@@ -236,8 +523,22 @@ impl Tracker {
             target
                 .client_tracking::<(), _, _>("ON", None, prefix, true, false, false, false)
                 .await?;
+            let id: i64 = target.client_id().await?;
+            armed.push((node, id));
         }
-        Ok(nodes.len())
+        Ok(armed)
+    }
+
+    /// Applies every invalidation already received; false when the channel closed.
+    fn drain(&self, invalidations: &mut Receiver<Invalidation>) -> bool {
+        loop {
+            match invalidations.try_recv() {
+                Ok(inv) => self.apply(&inv.keys),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Lagged(_)) => self.flush("lagged"),
+                Err(TryRecvError::Closed) => return false,
+            }
+        }
     }
 
     fn flush(&self, why: &'static str) {
@@ -273,5 +574,56 @@ impl Tracker {
                     .inc();
             }
         }
+    }
+}
+
+fn canary_ttl_secs() -> i64 {
+    i64::try_from(CANARY_TTL.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Whether a `CLIENT TRACKINGINFO` reply says tracking is on, in BCAST mode, for `prefix`.
+fn tracks(info: &HashMap<String, Value>, prefix: &str) -> bool {
+    let strings = |name: &str| -> Vec<String> {
+        match info.get(name) {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_string).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let flags = strings("flags");
+    flags.iter().any(|f| f == "on")
+        && flags.iter().any(|f| f == "bcast")
+        && strings("prefixes").iter().any(|p| p == prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(flags: &[&str], prefixes: &[&str]) -> HashMap<String, Value> {
+        let list = |items: &[&str]| Value::Array(items.iter().map(|s| Value::from(*s)).collect());
+        HashMap::from([
+            ("flags".to_owned(), list(flags)),
+            ("redirect".to_owned(), Value::Integer(-1)),
+            ("prefixes".to_owned(), list(prefixes)),
+        ])
+    }
+
+    #[test]
+    fn trackinginfo_must_show_bcast_tracking_of_the_prefix() {
+        for (flags, prefixes, expected) in [
+            (&["on", "bcast"][..], &["sg:session:"][..], true),
+            (&["on", "bcast", "noloop"], &["a:", "sg:session:"], true),
+            (&["off"], &[], false),
+            (&["on"], &["sg:session:"], false),
+            (&["on", "bcast"], &["other:"], false),
+            (&["on", "bcast"], &[], false),
+        ] {
+            assert_eq!(
+                tracks(&info(flags, prefixes), "sg:session:"),
+                expected,
+                "{flags:?} {prefixes:?}"
+            );
+        }
+        assert!(!tracks(&HashMap::new(), "sg:session:"));
     }
 }

@@ -102,6 +102,18 @@ pub async fn revoke_user(
     Ok(revoked)
 }
 
+/// `bytes` random bytes as lowercase hex (for names that must differ per process).
+///
+/// # Errors
+/// [`Error::Config`] if the system has no randomness.
+pub fn random_hex(bytes: usize) -> Result<String, Error> {
+    let mut raw = vec![0u8; bytes];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| Error::Config("no system randomness".into()))?;
+    let mut out = String::with_capacity(bytes * 2);
+    crate::session::record::push_hex(&mut out, &raw);
+    Ok(out)
+}
+
 /// A new random session cookie value: 32 random bytes, base64url (43 characters).
 ///
 /// # Errors

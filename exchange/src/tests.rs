@@ -1,7 +1,11 @@
 //! Unit tests of `Exchange` over the in-memory store: outcomes, caching, token reuse.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
 
 use keys::{Algorithm, KeySet, Keyring, RotationPolicy};
 
@@ -157,4 +161,159 @@ async fn revocation_drops_cached_tokens() {
     let r = ex.lookup(&t, Freshness::Cached).await.unwrap();
     let after = ex.token(&r, &aud, ttl).unwrap();
     assert_ne!(before.jwt(), after.jwt());
+}
+
+/// A memory store that can be made unreachable.
+#[derive(Default)]
+struct FlakyStore {
+    inner: MemoryStore,
+    down: AtomicBool,
+}
+
+impl FlakyStore {
+    fn check(&self) -> Result<(), Error> {
+        if self.down.load(Ordering::Relaxed) {
+            Err(Error::Store {
+                op: "GET",
+                message: "down".into(),
+                timeout: false,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for FlakyStore {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        self.check()?;
+        self.inner.get(key).await
+    }
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, Option<Duration>)>, Error> {
+        self.check()?;
+        self.inner.get_with_ttl(key).await
+    }
+    async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Error> {
+        self.inner.put(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, Error> {
+        self.inner.delete(key).await
+    }
+    async fn index_add(&self, index: &str, member: &str, ttl: Duration) -> Result<(), Error> {
+        self.inner.index_add(index, member, ttl).await
+    }
+    async fn index_take(&self, index: &str) -> Result<Vec<String>, Error> {
+        self.inner.index_take(index).await
+    }
+    async fn ping(&self) -> Result<(), Error> {
+        self.check()
+    }
+}
+
+fn flaky_exchange(cache_ttl: Duration) -> (Exchange, Arc<FlakyStore>) {
+    keys::install_crypto_provider();
+    let now = keys::unix_now();
+    let record = keys::generate(Algorithm::Es256, now - 10, now - 10).unwrap();
+    let set = KeySet::build(&[record], now, &RotationPolicy::default()).unwrap();
+    let metrics = Arc::new(Metrics::unregistered());
+    let minter = Minter::new(Arc::new(Keyring::new(set)), "iss", metrics.clone());
+    let store = Arc::new(FlakyStore::default());
+    let settings = SessionSettings {
+        cache_ttl,
+        ..SessionSettings::default()
+    };
+    (
+        Exchange::new(store.clone(), settings, minter, metrics),
+        store,
+    )
+}
+
+#[tokio::test]
+async fn while_push_is_down_lookups_read_the_store_and_fall_back_only_on_an_outage() {
+    let (ex, store) = flaky_exchange(Duration::from_secs(60));
+    let (kept, deleted) = (token(1), token(2));
+    for t in [&kept, &deleted] {
+        put(&store.inner, t, r#"{"sub":"u"}"#).await;
+        assert_eq!(
+            ex.lookup(t, Freshness::Cached).await.unwrap().source,
+            Source::Redis
+        );
+        assert_eq!(
+            ex.lookup(t, Freshness::Cached).await.unwrap().source,
+            Source::Cache
+        );
+    }
+    // The push channel attaches (or drops): nothing is answered from memory any more.
+    ex.cache().suspend();
+    del(&store.inner, &deleted).await;
+    let r = ex.lookup(&deleted, Freshness::Cached).await.unwrap();
+    assert_eq!(r.source, Source::Redis);
+    assert!(
+        matches!(r.lookup, SessionLookup::Revoked),
+        "no invalidation was needed"
+    );
+    let r = ex.lookup(&kept, Freshness::Cached).await.unwrap();
+    assert_eq!(r.source, Source::Redis);
+    // Redis becomes unreachable: the cached session (younger than cache_ttl) answers.
+    store.down.store(true, Ordering::Relaxed);
+    let r = ex.lookup(&kept, Freshness::Cached).await.unwrap();
+    assert_eq!(r.source, Source::Cache);
+    assert!(matches!(r.lookup, SessionLookup::Valid(_)));
+    assert!(
+        ex.lookup(&kept, Freshness::Live).await.is_err(),
+        "critical: 503"
+    );
+    assert!(
+        ex.lookup(&token(3), Freshness::Cached).await.is_err(),
+        "nothing cached"
+    );
+    // The channel vouches again: plain cache hits.
+    store.down.store(false, Ordering::Relaxed);
+    ex.cache()
+        .confirm_until(Instant::now() + Duration::from_secs(5));
+    assert_eq!(
+        ex.lookup(&kept, Freshness::Cached).await.unwrap().source,
+        Source::Cache
+    );
+}
+
+#[tokio::test]
+async fn an_outage_never_serves_a_session_older_than_cache_ttl() {
+    let (ex, store) = flaky_exchange(Duration::from_millis(200));
+    let t = token(1);
+    put(&store.inner, &t, r#"{"sub":"u"}"#).await;
+    ex.lookup(&t, Freshness::Cached).await.unwrap();
+    ex.cache().suspend();
+    store.down.store(true, Ordering::Relaxed);
+    assert!(ex.lookup(&t, Freshness::Cached).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(matches!(
+        ex.lookup(&t, Freshness::Cached).await,
+        Err(Error::Store { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_cached_session_is_not_trusted_past_its_key_ttl() {
+    let (ex, store) = exchange(Duration::from_secs(60));
+    let t = token(1);
+    let key = redis_key("sg:session:", &t, true);
+    store
+        .put(&key, br#"{"sub":"u"}"#, Duration::from_millis(150))
+        .await
+        .unwrap();
+    assert!(matches!(
+        ex.lookup(&t, Freshness::Cached).await.unwrap().lookup,
+        SessionLookup::Valid(_)
+    ));
+    assert_eq!(
+        ex.lookup(&t, Freshness::Cached).await.unwrap().source,
+        Source::Cache
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No invalidation came (the memory store has none): the key's TTL alone ends it.
+    let r = ex.lookup(&t, Freshness::Cached).await.unwrap();
+    assert_eq!(r.source, Source::Redis);
+    assert!(!matches!(r.lookup, SessionLookup::Valid(_)));
 }

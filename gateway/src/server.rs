@@ -257,6 +257,9 @@ pub fn assemble(
         minter,
         exchange_metrics,
     ));
+    registry.register(Box::new(exchange::metrics::CacheSize::new(
+        exchange.shared_cache(),
+    )))?;
     let push = match (
         &redis,
         config.session.push_invalidation && config.session.cache_ttl > Duration::ZERO,

@@ -43,6 +43,21 @@ impl SessionStore for MemoryStore {
         }
     }
 
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, Option<Duration>)>, Error> {
+        let mut inner = self.inner.lock();
+        let now = Instant::now();
+        match inner.values.get(key) {
+            Some((value, deadline)) if now < *deadline => {
+                Ok(Some((value.clone(), Some(*deadline - now))))
+            }
+            Some(_) => {
+                inner.values.remove(key);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + ttl;
         self.inner

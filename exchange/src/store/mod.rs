@@ -18,6 +18,11 @@ use crate::Error;
 pub trait SessionStore: Send + Sync + 'static {
     /// Reads a value.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, Error>;
+    /// Reads a value and how long its key has left to live (`None`: no expiry), in one
+    /// round trip, so that a cache never trusts a value past its key's expiry.
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, Option<Duration>)>, Error> {
+        Ok(self.get(key).await?.map(|v| (v, None)))
+    }
     /// Writes a value that expires after `ttl`.
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Error>;
     /// Deletes a key; returns whether it existed.

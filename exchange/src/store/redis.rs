@@ -230,6 +230,30 @@ impl SessionStore for RedisStore {
         result.map_err(|e| self.fail("GET", &e))
     }
 
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, Option<Duration>)>, Error> {
+        let client = self.client("GET")?;
+        let started = Instant::now();
+        // One round trip: GET and PTTL pipelined on the same connection.
+        let pipeline = client.pipeline();
+        let queued: Result<(), _> = pipeline.get::<(), _>(key).await;
+        let queued = queued.and(pipeline.pttl::<(), _>(key).await);
+        let result = match queued {
+            Ok(()) => pipeline.all::<(Option<Bytes>, i64)>().await,
+            Err(e) => Err(e),
+        };
+        self.observe("GET", started);
+        let (value, pttl) = result.map_err(|e| store_error("GET", &e))?;
+        Ok(value.map(|v| {
+            // -1: no expiry. -2: the key expired between the two commands; trust it for
+            // no time at all.
+            let ttl = match pttl {
+                -1 => None,
+                ms => Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+            };
+            (v, ttl)
+        }))
+    }
+
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Error> {
         let client = self.client("SET")?;
         let started = Instant::now();
