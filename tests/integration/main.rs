@@ -21,6 +21,7 @@ mod lifecycle;
 mod logs;
 mod monitoring;
 mod reload;
+mod revocation;
 mod robustness;
 mod routing;
 mod status_table;

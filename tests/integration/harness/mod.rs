@@ -12,6 +12,7 @@ pub(crate) mod eventually;
 pub(crate) mod gateway;
 pub(crate) mod held;
 pub(crate) mod keyring;
+pub(crate) mod metrics;
 pub(crate) mod ports;
 pub(crate) mod prometheus;
 pub(crate) mod python;
