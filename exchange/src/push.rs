@@ -140,6 +140,7 @@ impl Push {
             cache,
             metrics,
             arm_failures: AtomicU32::new(0),
+            late_beats: AtomicU32::new(0),
         };
         tokio::spawn(task.run(stop_rx));
         Ok(Self { client, stop })
@@ -196,6 +197,8 @@ struct Tracker {
     metrics: Arc<Metrics>,
     /// Failed attempts to arm since the last success.
     arm_failures: AtomicU32,
+    /// Heartbeats without proof since the last good one.
+    late_beats: AtomicU32,
 }
 
 /// What tracking was armed on.
@@ -269,7 +272,8 @@ impl Tracker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Biased: a pending error or reconnection is handled before any heartbeat
-            // could renew the lease.
+            // could renew the lease; the heartbeat (every 100 ms) comes before the
+            // invalidations so that a flood of them cannot starve it (it drains them).
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
@@ -289,14 +293,6 @@ impl Tracker {
                     self.down(&mut armed, Down::Reconnect);
                     armed = self.arm(&mut invalidations).await;
                 }
-                msg = invalidations.recv() => match msg {
-                    Ok(inv) => self.apply(&inv.keys),
-                    Err(RecvError::Lagged(n)) => {
-                        warn!(dropped = n, "Invalidation messages were dropped; flushing the session cache.");
-                        self.flush("lagged");
-                    }
-                    Err(RecvError::Closed) => break,
-                },
                 _ = tick.tick() => {
                     let connected = self.client.is_connected();
                     match &mut armed {
@@ -310,6 +306,14 @@ impl Tracker {
                         None => {}
                     }
                 }
+                msg = invalidations.recv() => match msg {
+                    Ok(inv) => self.apply(&inv.keys),
+                    Err(RecvError::Lagged(n)) => {
+                        warn!(dropped = n, "Invalidation messages were dropped; flushing the session cache.");
+                        self.flush("lagged");
+                    }
+                    Err(RecvError::Closed) => break,
+                },
             }
         }
         self.cache.suspend();
@@ -330,6 +334,13 @@ impl Tracker {
 
     /// A heartbeat brought no proof: stop vouching until one does.
     fn late(&self) {
+        let late = self.late_beats.fetch_add(1, Ordering::Relaxed) + 1;
+        if late.is_power_of_two() {
+            warn!(
+                heartbeats = late,
+                "Invalidation channel heartbeats are late or failing; the session cache is bypassed meanwhile."
+            );
+        }
         self.cache.suspend();
         self.metrics.push_connected.set(0);
         self.metrics
@@ -422,11 +433,26 @@ impl Tracker {
         }
         self.cache.confirm_until(started + LEASE);
         self.metrics.push_connected.set(1);
+        self.late_beats.store(0, Ordering::Relaxed);
         Beat::Ok
     }
 
     /// Checks every tracked connection; returns whether the canary still existed.
     async fn check(&self, armed: &Armed) -> Result<bool, Check> {
+        if self.client.is_clustered() {
+            // A primary that joined since arming is not tracked: re-arm on every node.
+            let mut now: Vec<Server> = self
+                .client
+                .cached_cluster_state()
+                .map(|state| state.unique_primary_nodes())
+                .unwrap_or_default();
+            let mut then: Vec<Server> = armed.nodes.iter().filter_map(|(n, _)| n.clone()).collect();
+            now.sort();
+            then.sort();
+            if now != then {
+                return Err(Check::Broken("the cluster's primaries changed"));
+            }
+        }
         for (node, id) in &armed.nodes {
             let target = self.target(node.as_ref());
             let now_id: i64 = target.client_id().await.map_err(Check::from)?;

@@ -4,9 +4,10 @@
 //! it on critical routes at once and elsewhere once its cache stops trusting it. To
 //! revoke every session of a subject, each session key is also added to the set
 //! `key_prefix + "user:" + subject` (kept as long as its longest session), and
-//! `revoke_user` deletes every member. Deleting keys is the only revocation mechanism,
-//! so both paths share the same bound. Login services that write sessions themselves
-//! must `SADD` the key to the index too (docs/redis-schema.md).
+//! `revoke_user` deletes every member, then removes it from the set. Deleting keys is
+//! the only revocation mechanism, so both paths share the same bound. Login services
+//! that write sessions themselves must `SADD` the key to the index too
+//! (docs/redis-schema.md, docs/revocation.md).
 
 use std::time::Duration;
 
@@ -82,6 +83,10 @@ pub async fn revoke(
 
 /// Revokes every indexed session of `subject`. Returns how many existed.
 ///
+/// The sessions are deleted first and only then removed from the index, so a failure
+/// part-way leaves the rest indexed for the next attempt, and a session indexed while
+/// this runs stays indexed (it is not among the members read, and is not removed).
+///
 /// # Errors
 /// A store error; sessions deleted before it stay deleted.
 pub async fn revoke_user(
@@ -89,16 +94,24 @@ pub async fn revoke_user(
     settings: &SessionSettings,
     subject: &str,
 ) -> Result<usize, Error> {
-    let members = store
-        .index_take(&user_index_key(&settings.key_prefix, subject))
-        .await?;
+    let index = user_index_key(&settings.key_prefix, subject);
+    let members = store.index_members(&index).await?;
     let mut revoked = 0;
-    for key in members {
+    for (done, key) in members.iter().enumerate() {
         // Only ever delete session keys under our prefix, whatever the index holds.
-        if key.starts_with(&settings.key_prefix) && store.delete(&key).await? {
-            revoked += 1;
+        if !key.starts_with(&settings.key_prefix) {
+            continue;
+        }
+        match store.delete(key).await {
+            Ok(existed) => revoked += usize::from(existed),
+            Err(e) => {
+                // Best effort: unindex what is already gone; the rest stays indexed.
+                let _ = store.index_remove(&index, &members[..done]).await;
+                return Err(e);
+            }
         }
     }
+    store.index_remove(&index, &members).await?;
     Ok(revoked)
 }
 

@@ -203,8 +203,11 @@ impl SessionStore for FlakyStore {
     async fn index_add(&self, index: &str, member: &str, ttl: Duration) -> Result<(), Error> {
         self.inner.index_add(index, member, ttl).await
     }
-    async fn index_take(&self, index: &str) -> Result<Vec<String>, Error> {
-        self.inner.index_take(index).await
+    async fn index_members(&self, index: &str) -> Result<Vec<String>, Error> {
+        self.inner.index_members(index).await
+    }
+    async fn index_remove(&self, index: &str, members: &[String]) -> Result<(), Error> {
+        self.inner.index_remove(index, members).await
     }
     async fn ping(&self) -> Result<(), Error> {
         self.check()

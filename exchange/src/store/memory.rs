@@ -81,14 +81,27 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn index_take(&self, index: &str) -> Result<Vec<String>, Error> {
+    async fn index_members(&self, index: &str) -> Result<Vec<String>, Error> {
         Ok(self
             .inner
             .lock()
             .sets
-            .remove(index)
-            .map(|s| s.into_iter().collect())
+            .get(index)
+            .map(|s| s.iter().cloned().collect())
             .unwrap_or_default())
+    }
+
+    async fn index_remove(&self, index: &str, members: &[String]) -> Result<(), Error> {
+        let mut inner = self.inner.lock();
+        if let Some(set) = inner.sets.get_mut(index) {
+            for m in members {
+                set.remove(m);
+            }
+            if set.is_empty() {
+                inner.sets.remove(index);
+            }
+        }
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), Error> {
@@ -113,7 +126,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn index_take_empties_the_set() {
+    async fn index_members_and_remove() {
         let store = MemoryStore::new();
         store
             .index_add("i", "a", Duration::from_secs(1))
@@ -123,9 +136,12 @@ mod tests {
             .index_add("i", "b", Duration::from_secs(1))
             .await
             .unwrap();
-        let mut members = store.index_take("i").await.unwrap();
+        let mut members = store.index_members("i").await.unwrap();
         members.sort();
         assert_eq!(members, ["a", "b"]);
-        assert!(store.index_take("i").await.unwrap().is_empty());
+        store.index_remove("i", &members[..1]).await.unwrap();
+        assert_eq!(store.index_members("i").await.unwrap(), ["b"]);
+        store.index_remove("i", &members).await.unwrap();
+        assert!(store.index_members("i").await.unwrap().is_empty());
     }
 }

@@ -29,8 +29,10 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<bool, Error>;
     /// Adds `member` to the set `index`, keeping the set for at least `ttl`.
     async fn index_add(&self, index: &str, member: &str, ttl: Duration) -> Result<(), Error>;
-    /// Lists and deletes the set `index`, returning its members.
-    async fn index_take(&self, index: &str) -> Result<Vec<String>, Error>;
+    /// Lists the members of the set `index`.
+    async fn index_members(&self, index: &str) -> Result<Vec<String>, Error>;
+    /// Removes `members` from the set `index` (an emptied set disappears).
+    async fn index_remove(&self, index: &str, members: &[String]) -> Result<(), Error>;
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), Error>;
 }

@@ -299,17 +299,23 @@ impl SessionStore for RedisStore {
         Ok(())
     }
 
-    async fn index_take(&self, index: &str) -> Result<Vec<String>, Error> {
+    async fn index_members(&self, index: &str) -> Result<Vec<String>, Error> {
         let client = self.client("SMEMBERS")?;
         let started = Instant::now();
         let members = client.smembers::<Vec<String>, _>(index).await;
         self.observe("SMEMBERS", started);
-        let members = members.map_err(|e| self.fail("SMEMBERS", &e))?;
-        client
-            .del::<i64, _>(index)
-            .await
-            .map_err(|e| self.fail("DEL", &e))?;
-        Ok(members)
+        members.map_err(|e| self.fail("SMEMBERS", &e))
+    }
+
+    async fn index_remove(&self, index: &str, members: &[String]) -> Result<(), Error> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let client = self.client("SREM")?;
+        let started = Instant::now();
+        let removed = client.srem::<i64, _, _>(index, members.to_vec()).await;
+        self.observe("SREM", started);
+        removed.map(|_| ()).map_err(|e| self.fail("SREM", &e))
     }
 
     async fn ping(&self) -> Result<(), Error> {
