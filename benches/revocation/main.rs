@@ -133,7 +133,17 @@ impl Bench {
 
     /// Writes a session, makes sure the route has it cached (or, for the critical
     /// route, has served it), deletes it and measures until the first refusal.
-    fn sample(&self, redis: &mut Resp, path: &str, critical: bool, n: usize) -> (Duration, u32) {
+    ///
+    /// Returns the time to the refusal, the requests served after the `DEL`, and the
+    /// round trip of one served request of the warm-up (the unit the first figure is
+    /// counted in).
+    fn sample(
+        &self,
+        redis: &mut Resp,
+        path: &str,
+        critical: bool,
+        n: usize,
+    ) -> (Duration, u32, Duration) {
         let cookie = harness::new_cookie();
         let key = self.key(&cookie);
         assert_eq!(
@@ -146,16 +156,23 @@ impl Bench {
             ]),
             "+OK"
         );
+        let rtt;
         if critical {
             assert_eq!(self.get(path, &cookie).0, 200, "warm-up");
+            let started = Instant::now();
+            assert_eq!(self.get(path, &cookie).0, 200, "warm-up");
+            rtt = started.elapsed();
         } else {
             // Cached once the token is reused: the second of two requests was a hit.
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
                 let first = self.get(path, &cookie);
+                let started = Instant::now();
                 let second = self.get(path, &cookie);
+                let took = started.elapsed();
                 assert_eq!(first.0, 200, "warm-up");
                 if first.1.is_some() && first.1 == second.1 {
+                    rtt = took;
                     break;
                 }
                 assert!(Instant::now() < deadline, "the session never got cached");
@@ -166,7 +183,7 @@ impl Bench {
         let mut served = 0;
         loop {
             match self.get(path, &cookie).0 {
-                401 => return (deleted.elapsed(), served),
+                401 => return (deleted.elapsed(), served, rtt),
                 200 => served += 1,
                 other => panic!("unexpected status {other} after DEL"),
             }
@@ -217,6 +234,8 @@ struct Row {
     cache_ttl: &'static str,
     samples: Vec<Duration>,
     served_after_del: Vec<u32>,
+    rtts: Vec<Duration>,
+    push_down: f64,
     load_rps: f64,
     load_failed: u64,
     invalidations: f64,
@@ -267,14 +286,17 @@ fn run(
                 cache_ttl,
                 samples: Vec::with_capacity(samples),
                 served_after_del: Vec::with_capacity(samples),
+                rtts: Vec::with_capacity(samples),
+                push_down: 0.0,
                 load_rps: 0.0,
                 load_failed: 0,
                 invalidations: 0.0,
             };
             for n in 0..samples {
-                let (took, served) = b.sample(&mut redis, path, critical, n);
+                let (took, served, rtt) = b.sample(&mut redis, path, critical, n);
                 row.samples.push(took);
                 row.served_after_del.push(served);
+                row.rtts.push(rtt);
             }
             row.load_rps =
                 (sent.load(Ordering::Relaxed) - sent0) as f64 / started.elapsed().as_secs_f64();
@@ -333,13 +355,14 @@ fn main() {
         "Time from DEL returning to the first refused request (gateway under load; {cores} cores)"
     );
     println!(
-        "| route | push | cache_ttl | samples | p50 | p99 | max | samples with a request served after DEL | most served after DEL | load req/s | load failures |"
+        "| route | push | cache_ttl | samples | p50 | p99 | max | samples with a request served after DEL | most served after DEL | one served request, p50 | load req/s | load failures | push-down events |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &mut rows {
         row.samples.sort();
+        row.rtts.sort();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.0} |",
             row.kind,
             row.push,
             row.cache_ttl,
@@ -349,8 +372,10 @@ fn main() {
             ms(*row.samples.last().unwrap_or(&Duration::ZERO)),
             row.served_after_del.iter().filter(|&&n| n > 0).count(),
             row.served_after_del.iter().max().copied().unwrap_or(0),
+            ms(percentile(&row.rtts, 0.50)),
             row.load_rps,
             row.load_failed,
+            row.push_down,
         );
         eprintln!(
             "  {} (push {}): {:.0} invalidations received during the row",
