@@ -399,7 +399,9 @@ impl Tracker {
         invalidations: &mut Receiver<Invalidation>,
     ) -> Beat {
         let started = Instant::now();
-        let checked = tokio::time::timeout(HEARTBEAT_TIMEOUT, self.check(armed)).await;
+        let checked = self
+            .while_applying(invalidations, HEARTBEAT_TIMEOUT, self.check(armed))
+            .await;
         let canary_present = match checked {
             Ok(Ok(present)) => present,
             Ok(Err(Check::Broken(why))) => {
@@ -435,6 +437,31 @@ impl Tracker {
         self.metrics.push_connected.set(1);
         self.late_beats.store(0, Ordering::Relaxed);
         Beat::Ok
+    }
+
+    /// Runs `work` for at most `limit` while applying invalidations as they arrive, so a
+    /// slow command never delays a revocation. `Err` on timeout, or when the
+    /// invalidation stream closed.
+    async fn while_applying<T>(
+        &self,
+        invalidations: &mut Receiver<Invalidation>,
+        limit: Duration,
+        work: impl Future<Output = T>,
+    ) -> Result<T, ()> {
+        let mut work = std::pin::pin!(work);
+        let mut deadline = std::pin::pin!(tokio::time::sleep(limit));
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return Ok(done),
+                msg = invalidations.recv() => match msg {
+                    Ok(inv) => self.apply(&inv.keys),
+                    Err(RecvError::Lagged(_)) => self.flush("lagged"),
+                    Err(RecvError::Closed) => return Err(()),
+                },
+                () = &mut deadline => return Err(()),
+            }
+        }
     }
 
     /// Checks every tracked connection; returns whether the canary still existed.
