@@ -320,3 +320,35 @@ async fn a_cached_session_is_not_trusted_past_its_key_ttl() {
     assert_eq!(r.source, Source::Redis);
     assert!(!matches!(r.lookup, SessionLookup::Valid(_)));
 }
+
+#[tokio::test]
+async fn a_new_key_prefix_retires_the_push_channel_until_restart() {
+    let (ex, store) = exchange(Duration::from_secs(60));
+    ex.cache().suspend();
+    ex.cache()
+        .confirm_until(Instant::now() + Duration::from_secs(60));
+    let settings = SessionSettings {
+        key_prefix: "other:".into(),
+        ..(*ex.settings()).clone()
+    };
+    let not_applied = ex.reconfigure(settings);
+    assert!(
+        not_applied.iter().any(|n| n.contains("push invalidation")),
+        "{not_applied:?}"
+    );
+    let t = token(1);
+    let key = redis_key("other:", &t, true);
+    store
+        .put(&key, br#"{"sub":"u"}"#, Duration::from_secs(60))
+        .await
+        .unwrap();
+    ex.cache()
+        .confirm_until(Instant::now() + Duration::from_secs(60));
+    // The channel tracks the old prefix: nothing is answered from memory any more.
+    for _ in 0..2 {
+        assert_eq!(
+            ex.lookup(&t, Freshness::Cached).await.unwrap().source,
+            Source::Redis
+        );
+    }
+}
