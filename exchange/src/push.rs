@@ -32,8 +32,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::prelude::{
-    Builder, Client, ClientInterface, ClientLike, ClusterInterface, Config, EventInterface,
-    Expiration, KeysInterface, ReconnectPolicy, TrackingInterface,
+    Builder, Client, ClientInterface, ClientLike, ClusterInterface, EventInterface, Expiration,
+    KeysInterface, ReconnectPolicy, TrackingInterface,
 };
 use fred::types::client::Invalidation;
 use fred::types::config::Server;

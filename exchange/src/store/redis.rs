@@ -242,7 +242,7 @@ impl SessionStore for RedisStore {
             Err(e) => Err(e),
         };
         self.observe("GET", started);
-        let (value, pttl) = result.map_err(|e| store_error("GET", &e))?;
+        let (value, pttl) = result.map_err(|e| self.fail("GET", &e))?;
         Ok(value.map(|v| {
             // -1: no expiry. -2: the key expired between the two commands; trust it for
             // no time at all.
