@@ -96,6 +96,12 @@ fn sentinel_finds_the_master_and_follows_a_failover() {
 
     let old_master = topo.master.port();
     topo.master.stop();
+    // Hold the dead master's port with a listener that never accepts: otherwise another
+    // test's redis-server may start on it, answer the sentinel's PINGs and the gateway's
+    // GETs, and stand in for the master it replaced (seen once in CI). Connections to it
+    // now hang like connections to a crashed host.
+    let _black_hole =
+        std::net::TcpListener::bind(("127.0.0.1", old_master)).expect("hold the old master's port");
     // While no master answers, the critical route refuses rather than guesses.
     assert_eventually!(
         status(&http, &gw.url("/api/payments/1"), &cookie) == 503,
