@@ -105,6 +105,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
+        let started = std::time::Instant::now();
         let threads = (0..threads)
             .map(|_| {
                 let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
@@ -118,8 +119,14 @@ impl Load {
                             Ok(resp) if resp.status() == 200 => {
                                 ok.fetch_add(1, Ordering::SeqCst);
                             }
-                            Ok(resp) => failures.lock().push(format!("status {}", resp.status())),
-                            Err(e) => failures.lock().push(format!("{e:?}")),
+                            Ok(resp) => failures.lock().push(format!(
+                                "at {:.2?}: status {}",
+                                started.elapsed(),
+                                resp.status()
+                            )),
+                            Err(e) => failures
+                                .lock()
+                                .push(format!("at {:.2?}: {e:?}", started.elapsed())),
                         }
                     }
                 })
@@ -148,8 +155,12 @@ impl Load {
 
 #[test]
 fn a_binary_upgrade_under_load_drops_no_request() {
-    let mut s =
-        Stack::start(|b, up: &Upstream| b.route(Route::new("orders", "/api/orders", &[up.addr()])));
+    // A request the old process accepted just before it stopped accepting must finish
+    // within its grace period; on a loaded CI machine one second is not always enough.
+    let mut s = Stack::start(|b, up: &Upstream| {
+        b.set("server.grace_period", "5s")
+            .route(Route::new("orders", "/api/orders", &[up.addr()]))
+    });
     let cookie = s.login("user-upgrade");
     let load = Load::start(&s.gw.url("/api/orders"), &cookie, 3);
     assert_eventually!(load.ok() >= 30, Duration::from_secs(20));
