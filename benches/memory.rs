@@ -48,8 +48,12 @@ impl SessionStore for SyntheticStore {
         Ok(())
     }
 
-    async fn index_take(&self, _: &str) -> Result<Vec<String>, exchange::Error> {
+    async fn index_members(&self, _: &str) -> Result<Vec<String>, exchange::Error> {
         Ok(Vec::new())
+    }
+
+    async fn index_remove(&self, _: &str, _: &[String]) -> Result<(), exchange::Error> {
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), exchange::Error> {
