@@ -2,18 +2,21 @@
 //! and the cache bound at work when twice as many distinct sessions arrive.
 //!
 //! Sessions go through the real [`Exchange`]: a cached lookup (a miss, so the store is
-//! read, the value decoded and inserted in the cache) and a token for one audience (minted
-//! and kept on the session's entry), exactly what the first request of a session does on
-//! a non-critical route. The store synthesizes a realistic session value for any key and
-//! keeps nothing, so the RSS measured is the cache's (plus the process's baseline).
+//! read, the value decoded and inserted in the cache) and, in the `tokens` scenario, a
+//! token for one audience (minted and kept on the session's entry), exactly what the
+//! first request of a session does on a non-critical route. The store synthesizes a
+//! realistic session value for any key and keeps nothing, so the RSS measured is the
+//! cache's (plus the process's baseline). The two scenarios (`sessions`, `tokens`) run
+//! in fresh processes (this binary re-executed with `--scenario`).
 //!
-//! Phase 1 fills `MEMORY_SESSIONS` (default 1,000,000) sessions into a cache configured
-//! with `cache_max_entries` = that number; phase 2 sends as many new ones again and shows
-//! that the entry count stays within the bound, evictions are counted, and the RSS stops
-//! growing. RSS is `/proc/self/statm`'s resident pages.
+//! Each fills `MEMORY_SESSIONS` (default 1,000,000) sessions into a cache configured
+//! with `cache_max_entries` = that number, then sends as many new ones again and shows
+//! that the entry count stays within the bound (the entry bound, or the byte bound
+//! `cache::DEFAULT_MAX_BYTES`, whichever binds first), evictions are counted, and the
+//! RSS stops growing. RSS is `/proc/self/statm`'s resident pages.
 //!
-//! Run: `cargo bench -p gateway --bench memory` (about a minute per million sessions on
-//! two cores with EdDSA, the default; `MEMORY_ALG=ES256` for P-256).
+//! Run: `cargo bench -p gateway --bench memory` (about two minutes on two cores with
+//! EdDSA, the default; `MEMORY_ALG=ES256` for P-256).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,11 +81,30 @@ fn cookie(i: u64) -> String {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--scenario") {
+        run(args.get(i + 1).map(String::as_str) == Some("tokens"));
+        return;
+    }
+    if !args.iter().any(|a| a == "--bench") {
         // `cargo test --benches` runs bench binaries without `--bench`.
         println!("memory bench: run it with `cargo bench -p gateway --bench memory`");
         return;
     }
+    // Each scenario in a fresh process, so that one's allocations do not count in the other.
+    for scenario in ["sessions", "tokens"] {
+        let exe = std::env::current_exe().expect("current exe");
+        let status = std::process::Command::new(exe)
+            .args(["--scenario", scenario])
+            .status()
+            .expect("run scenario");
+        assert!(status.success(), "scenario {scenario} failed");
+    }
+}
+
+/// Fills the cache with `MEMORY_SESSIONS` sessions, then as many again; with `tokens`,
+/// each lookup is followed by a token for one audience, as on a non-critical route.
+fn run(tokens: bool) {
     let n: u64 = std::env::var("MEMORY_SESSIONS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -123,35 +145,38 @@ fn main() {
     let ttl = Duration::from_secs(300);
     let evictions = metrics.session_cache.with_label_values(&["eviction"]);
     let baseline = rss_mib();
-    println!(
-        "### Session cache memory ({} sessions, {}, one token each)\n",
-        n,
-        alg.as_str()
-    );
+    let what = if tokens {
+        format!("each with one {} token", alg.as_str())
+    } else {
+        "sessions only, no token".to_owned()
+    };
+    println!("### Session cache memory: {n} sessions, {what}\n");
     println!(
         "- bound: session.cache_max_entries = {n}, byte bound {} MiB",
         exchange::cache::DEFAULT_MAX_BYTES / 1024 / 1024
     );
     println!("- baseline RSS (process, key, empty cache): {baseline:.1} MiB\n");
     println!(
-        "| sessions sent | cached entries | evictions | RSS MiB | RSS − baseline per cached entry (bytes) |"
+        "| sessions sent | cached entries | evictions | RSS MiB | (RSS − baseline) / cached entry, bytes |"
     );
     println!("|---:|---:|---:|---:|---:|");
     let started = Instant::now();
     let step = (n / 4).max(1);
-    let mut peak_phase1: f64 = 0.0;
+    let mut after_first = 0.0;
     let mut phase2 = Vec::new();
     for i in 0..2 * n {
         let token = SessionToken::parse(&cookie(i)).expect("valid cookie");
         let resolved = rt
             .block_on(ex.lookup(&token, Freshness::Cached))
             .expect("lookup");
-        ex.token(&resolved, &audience, ttl).expect("token");
+        if tokens {
+            ex.token(&resolved, &audience, ttl).expect("token");
+        }
         if (i + 1) % step == 0 {
             let rss = rss_mib();
             let len = ex.cache().len();
             if i < n {
-                peak_phase1 = peak_phase1.max(rss);
+                after_first = rss;
             } else {
                 phase2.push(rss);
             }
@@ -166,7 +191,7 @@ fn main() {
     let last = phase2.last().copied().unwrap_or(0.0);
     let max2 = phase2.iter().copied().fold(0.0, f64::max);
     println!(
-        "\nAfter {n} sessions: {peak_phase1:.1} MiB. While {n} more arrived: at most {max2:.1} MiB, last {last:.1} MiB; cached entries stayed ≤ {n} ({} at the end), {} evictions. ({:.0} s)",
+        "\nAfter {n} sessions: {after_first:.1} MiB. While {n} more arrived: at most {max2:.1} MiB, last {last:.1} MiB; {} entries cached at the end (bound {n}), {} evictions. ({:.0} s)\n",
         ex.cache().len(),
         evictions.get(),
         started.elapsed().as_secs_f64()
