@@ -100,6 +100,9 @@ impl Entry {
         if tokens.len() >= MAX_TOKENS_PER_ENTRY {
             tokens.remove(0);
         }
+        // Grow one slot at a time: most sessions hold one token, and a first push would
+        // otherwise allocate room for four (~300 bytes more per cached session).
+        tokens.reserve_exact(1);
         tokens.push(CachedToken { audience, ttl, jwt });
     }
 }

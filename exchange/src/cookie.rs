@@ -99,6 +99,14 @@ pub fn find_cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 /// Returns `None` when nothing is left.
 pub fn strip_cookie(header: &str, name: &str) -> Option<String> {
     let mut out = String::with_capacity(header.len());
+    strip_cookie_into(header, name, &mut out);
+    (!out.is_empty()).then_some(out)
+}
+
+/// [`strip_cookie`] that appends the remaining pairs to `out`, separated from what `out`
+/// already holds (and from each other) by `"; "`: calling it for every `Cookie` header
+/// of a request builds the single header that joins them, without a buffer per header.
+pub fn strip_cookie_into(header: &str, name: &str, out: &mut String) {
     for pair in header.split(';') {
         let trimmed = pair.trim_matches(' ');
         if trimmed.is_empty() {
@@ -113,7 +121,6 @@ pub fn strip_cookie(header: &str, name: &str) -> Option<String> {
         }
         out.push_str(trimmed);
     }
-    (!out.is_empty()).then_some(out)
 }
 
 #[cfg(test)]
@@ -183,5 +190,20 @@ mod tests {
                 "header {header:?}"
             );
         }
+    }
+
+    #[test]
+    fn strip_cookie_into_joins_headers_like_strip_then_join() {
+        let headers = ["a=1; s=x", "s=y", "", "b=2;c=3", " s=z ; d=4"];
+        let joined: Vec<String> = headers
+            .iter()
+            .filter_map(|h| strip_cookie(h, "s"))
+            .collect();
+        let mut out = String::new();
+        for h in headers {
+            strip_cookie_into(h, "s", &mut out);
+        }
+        assert_eq!(out, joined.join("; "));
+        assert_eq!(out, "a=1; b=2; c=3; d=4");
     }
 }

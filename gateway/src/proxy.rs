@@ -96,6 +96,8 @@ pub struct RequestCtx {
     session_outcome: &'static str,
     settings: Option<Arc<ProxySettings>>,
     upstream: Option<SocketAddr>,
+    /// The chosen upstream's address as text, for the access log.
+    upstream_label: Option<Arc<str>>,
     tries: usize,
     refused: Option<&'static str>,
 }
@@ -136,6 +138,17 @@ fn is_navigation(req: &RequestHeader) -> bool {
             .get("accept")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("text/html"))
+}
+
+/// The session cookie as the request presents it: its validated value, or the session
+/// outcome label saying why there is none (`"absent"`, `"malformed"`).
+type Presented = std::result::Result<SessionToken, &'static str>;
+
+fn presented(raw: Option<&str>) -> Presented {
+    match raw {
+        None => Err("absent"),
+        Some(raw) => SessionToken::parse(raw).map_err(|_| "malformed"),
+    }
 }
 
 /// The session cookie's value across every `Cookie` header, and the header's total size.
@@ -185,18 +198,17 @@ impl Gateway {
     /// Looks the session up for `route`. `Ok(None)` means no valid session.
     async fn authenticate(
         &self,
-        raw_cookie: Option<&str>,
+        presented: Presented,
         critical: bool,
         ctx: &mut RequestCtx,
     ) -> std::result::Result<Option<exchange::Resolved>, exchange::Error> {
-        let Some(raw) = raw_cookie else {
-            ctx.session_outcome = "absent";
-            return Ok(None);
-        };
-        let Ok(token) = SessionToken::parse(raw) else {
-            // Malformed cookies never reach Redis.
-            ctx.session_outcome = "malformed";
-            return Ok(None);
+        let token = match presented {
+            Ok(token) => token,
+            Err(outcome) => {
+                // Absent or malformed: malformed cookies never reach Redis.
+                ctx.session_outcome = outcome;
+                return Ok(None);
+            }
         };
         let freshness = if critical {
             Freshness::Live
@@ -248,7 +260,8 @@ impl Gateway {
                 .refuse(session, ctx, Refusal::BadRequest("cookie header too large"))
                 .await;
         }
-        let raw_cookie = raw_cookie.map(str::to_owned);
+        // Validated (and copied out of the request) before the body is read.
+        let presented = presented(raw_cookie);
         let Some(body) = read_small_body(session, 4096).await? else {
             return self
                 .refuse(session, ctx, Refusal::BadRequest("body too large"))
@@ -270,10 +283,7 @@ impl Gateway {
                 .await;
         };
         ctx.route = Some(route.clone());
-        let resolved = match self
-            .authenticate(raw_cookie.as_deref(), route.critical, ctx)
-            .await
-        {
+        let resolved = match self.authenticate(presented, route.critical, ctx).await {
             Ok(Some(r)) => r,
             Ok(None) => return self.refuse(session, ctx, Refusal::Unauthenticated).await,
             Err(e) => return self.lookup_failed(session, ctx, &e).await,
@@ -394,6 +404,7 @@ impl ProxyHttp for Gateway {
             session_outcome: "none",
             settings: None,
             upstream: None,
+            upstream_label: None,
             tries: 0,
             refused: None,
         }
@@ -469,9 +480,8 @@ impl ProxyHttp for Gateway {
             return Ok(false);
         }
 
-        let raw_cookie = raw_cookie.map(str::to_owned);
         let resolved = match self
-            .authenticate(raw_cookie.as_deref(), route.critical, ctx)
+            .authenticate(presented(raw_cookie), route.critical, ctx)
             .await
         {
             Ok(r) => r,
@@ -512,6 +522,7 @@ impl ProxyHttp for Gateway {
             .choose(avoid)
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream"))?;
         ctx.upstream = Some(chosen.addr);
+        ctx.upstream_label = Some(chosen.label);
         ctx.tries += 1;
         let mut peer = HttpPeer::new(chosen.addr, chosen.tls, chosen.sni);
         peer.options.ca = chosen.ca;
@@ -530,30 +541,45 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let settings = ctx.settings()?;
-        // Never forward the client's own credentials.
-        upstream.remove_header(&AUTHORIZATION);
-        if let Some(bearer) = &ctx.bearer {
-            let value = HeaderValue::from_maybe_shared(bearer.clone())
-                .map_err(|e| Error::because(ErrorType::InternalError, "bearer header", e))?;
-            upstream.insert_header(AUTHORIZATION, value)?;
-        }
-        if !settings.forward_cookie {
-            let stripped: Vec<String> = upstream
-                .headers
-                .get_all(COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .filter_map(|v| cookie::strip_cookie(v, &settings.cookie))
-                .collect();
-            upstream.remove_header(&COOKIE);
-            if !stripped.is_empty() {
-                upstream.insert_header(COOKIE, stripped.join("; "))?;
+        // Never forward the client's own credentials: the bearer replaces every
+        // Authorization header the client sent (insert replaces), or they are removed.
+        // An error here fails the request, so nothing is forwarded with them.
+        match &ctx.bearer {
+            Some(bearer) => {
+                let value = HeaderValue::from_maybe_shared(bearer.clone())
+                    .map_err(|e| Error::because(ErrorType::InternalError, "bearer header", e))?;
+                upstream.insert_header(AUTHORIZATION, value)?;
+            }
+            None => {
+                upstream.remove_header(&AUTHORIZATION);
             }
         }
+        if !settings.forward_cookie && upstream.headers.contains_key(COOKIE) {
+            // Every Cookie header, the session cookie removed, joined into one.
+            let mut stripped = String::new();
+            let mut values = 0;
+            let mut unchanged = false;
+            for value in upstream.headers.get_all(COOKIE) {
+                values += 1;
+                if let Ok(v) = value.to_str() {
+                    cookie::strip_cookie_into(v, &settings.cookie, &mut stripped);
+                    unchanged = values == 1 && stripped == v;
+                } else {
+                    unchanged = false;
+                }
+            }
+            if stripped.is_empty() {
+                upstream.remove_header(&COOKIE);
+            } else if !(unchanged && values == 1) {
+                // Replaces every Cookie header the client sent.
+                upstream.insert_header(COOKIE, stripped)?;
+            }
+        }
+        let mut ip_buf = [0u8; 64];
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
+            .and_then(|a| display_in(&mut ip_buf, a.ip()));
         match client_ip {
             Some(ip) => upstream.insert_header("x-forwarded-for", ip)?,
             None => {
@@ -691,6 +717,7 @@ impl ProxyHttp for Gateway {
                 .observe(elapsed.as_secs_f64()),
         }
         // One access line per request. Never a cookie, token, key or query string.
+        let upstream = ctx.upstream_label.as_deref().unwrap_or("-");
         info!(
             target: "sessiongate::access",
             method = %session.req_header().method,
@@ -698,13 +725,24 @@ impl ProxyHttp for Gateway {
             status,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             session = ctx.session_outcome,
-            upstream = ctx.upstream.map(|a| a.to_string()).as_deref().unwrap_or("-"),
+            upstream,
             kid = ctx.kid.as_ref().map_or("-", |k| k.as_str()),
             answered_by = ctx.refused.unwrap_or("upstream"),
             error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
             "request"
         );
     }
+}
+
+/// Formats `value` into `buf` without allocating; `None` if it does not fit (an address
+/// always fits in 64 bytes).
+fn display_in(buf: &mut [u8], value: impl std::fmt::Display) -> Option<&str> {
+    use std::io::Write as _;
+    let len = buf.len();
+    let mut cursor = &mut buf[..];
+    write!(cursor, "{value}").ok()?;
+    let written = len - cursor.len();
+    std::str::from_utf8(&buf[..written]).ok()
 }
 
 /// The URI forwarded upstream: the normalized path with the original query.
@@ -725,4 +763,23 @@ fn status_label(status: u16) -> &'static str {
     labels
         .get(usize::from(status))
         .map_or("other", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_in_formats_without_allocating_and_refuses_what_does_not_fit() {
+        let mut buf = [0u8; 64];
+        let v6: SocketAddr = "[2001:db8::ffff:1:2:3]:65535".parse().unwrap();
+        assert_eq!(
+            display_in(&mut buf, v6),
+            Some("[2001:db8::ffff:1:2:3]:65535")
+        );
+        let v4: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(display_in(&mut buf, v4.ip()), Some("127.0.0.1"));
+        let mut small = [0u8; 4];
+        assert_eq!(display_in(&mut small, v4), None);
+    }
 }

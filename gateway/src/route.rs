@@ -49,9 +49,11 @@ pub struct Route {
 /// A route's upstreams: round-robin over backends, skipping ones that recently failed.
 pub struct Upstreams {
     lb: LoadBalancer<RoundRobin>,
-    ca: Option<Arc<pingora::protocols::tls::CaType>>,
-    ca_group: u64,
-    tls: HashMap<SocketAddr, (bool, String)>,
+    /// What [`Upstreams::choose`] answers for each address.
+    chosen: HashMap<SocketAddr, Chosen>,
+    /// The answer when the route has exactly one address: whatever the health of that
+    /// address, `choose` can only pick it, so it skips the balancer.
+    only: Option<Chosen>,
     ejected_until: HashMap<SocketAddr, AtomicU64>,
     epoch: Instant,
 }
@@ -70,6 +72,8 @@ pub struct Chosen {
     /// Connection-pool group of that trust: 0 for the system roots, else derived from
     /// the CA certificates. Peers with different groups never share connections.
     pub ca_group: u64,
+    /// The address as text, formatted once (for the access log).
+    pub label: Arc<str>,
 }
 
 /// Why a route table could not be built.
@@ -113,7 +117,8 @@ impl Upstreams {
             upstream: String::new(),
             message: e.to_string(),
         })?;
-        let ejected_until = addrs.iter().map(|a| (*a, AtomicU64::new(0))).collect();
+        let ejected_until: HashMap<SocketAddr, AtomicU64> =
+            addrs.iter().map(|a| (*a, AtomicU64::new(0))).collect();
         let (ca, ca_group) = match &route.ca_file {
             Some(path) => {
                 let (ca, group) = load_ca(path).map_err(|message| RouteError {
@@ -125,11 +130,29 @@ impl Upstreams {
             }
             None => (None, 0),
         };
+        let chosen: HashMap<SocketAddr, Chosen> = tls
+            .into_iter()
+            .map(|(addr, (tls, sni))| {
+                let chosen = Chosen {
+                    addr,
+                    tls,
+                    sni,
+                    ca: ca.clone(),
+                    ca_group,
+                    label: addr.to_string().into(),
+                };
+                (addr, chosen)
+            })
+            .collect();
+        let only = if ejected_until.len() == 1 {
+            chosen.values().next().cloned()
+        } else {
+            None
+        };
         Ok(Self {
             lb,
-            ca,
-            ca_group,
-            tls,
+            chosen,
+            only,
             ejected_until,
             epoch: Instant::now(),
         })
@@ -142,6 +165,9 @@ impl Upstreams {
     /// Picks the next upstream, skipping ejected ones and `avoid` (the one that just
     /// failed). If every upstream is ejected, it picks one anyway rather than refuse.
     pub fn choose(&self, avoid: Option<SocketAddr>) -> Option<Chosen> {
+        if let Some(only) = &self.only {
+            return Some(only.clone());
+        }
         let now = self.now_ms();
         let healthy = |b: &Backend, _health: bool| {
             b.addr.as_inet() != avoid.as_ref() && self.ejected(b).is_none_or(|until| until <= now)
@@ -151,18 +177,14 @@ impl Upstreams {
             .select_with(b"", 64, healthy)
             .or_else(|| self.lb.select(b"", 64))?;
         let addr = pick.addr.as_inet().copied()?;
-        let (tls, sni) = self
-            .tls
-            .get(&addr)
-            .cloned()
-            .unwrap_or((false, String::new()));
-        Some(Chosen {
+        Some(self.chosen.get(&addr).cloned().unwrap_or_else(|| Chosen {
             addr,
-            tls,
-            sni,
-            ca: self.ca.clone(),
-            ca_group: self.ca_group,
-        })
+            tls: false,
+            sni: String::new(),
+            ca: None,
+            ca_group: 0,
+            label: addr.to_string().into(),
+        }))
     }
 
     fn ejected(&self, b: &Backend) -> Option<u64> {

@@ -4,11 +4,35 @@
 //! and trace records dump whole request and response headers, which hold the minted
 //! bearer token and the client's cookies. The gateway's own events never carry a
 //! cookie, token or key at any level.
+//!
+//! Formatted lines are appended to an in-memory buffer and written to stderr in batches
+//! by one writer thread, so request threads never block on stderr and never wake another
+//! thread per line. (tracing-appender's non-blocking writer, used before, woke its worker
+//! for every line; under load that worker spun and parked once per request and cost about
+//! a tenth of the gateway's CPU; see docs/performance.md.)
+//!
+//! The access line (target `sessiongate::access`, one per request) is formatted by
+//! [`AccessFast`], which writes exactly what tracing-subscriber's default human format
+//! writes (a test compares the two byte for byte) without its per-field styling
+//! machinery; every other event, and any access line it cannot render identically, goes
+//! to the default formatter.
 
-use tracing::{Level, Metadata};
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::filter::{EnvFilter, FilterFn};
 use tracing_subscriber::fmt;
+use tracing_subscriber::fmt::format::{Format, Full, Writer};
+use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{LogConfig, LogFormat};
@@ -17,9 +41,26 @@ use crate::config::{LogConfig, LogFormat};
 /// request or response headers (`Authorization: Bearer …`, `Cookie: …`).
 pub const QUIET_TARGETS: &[&str] = &["pingora"];
 
-/// Keeps the log writer thread alive; dropping it flushes what is queued.
+/// How long a line may wait in the buffer before it is written.
+const FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// Buffered bytes at which the writer thread is woken before `FLUSH_EVERY`.
+const HIGH_WATER: usize = 64 * 1024;
+/// Buffered bytes beyond which lines are dropped rather than stalling requests.
+const LIMIT: usize = 4 * 1024 * 1024;
+
+/// Keeps the log writer thread alive; dropping it writes what is buffered and stops it.
 pub struct LogGuard {
-    _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
+    writer: Option<(Arc<Shared>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some((shared, thread)) = self.writer.take() {
+            shared.state.lock().closed = true;
+            shared.wake.notify_one();
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Whether an event may be printed at all: everything at INFO and above, and the
@@ -40,15 +81,19 @@ pub fn init(log: &LogConfig) -> LogGuard {
         .or_else(|| EnvFilter::try_new(&log.filter).ok())
         .unwrap_or_else(|| EnvFilter::new("warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(64 * 1024)
-        .thread_name("sessiongate-log")
-        .finish(std::io::stderr());
-    let output = fmt::layer().with_writer(writer).with_ansi(ansi);
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            buf: Vec::with_capacity(HIGH_WATER),
+            closed: false,
+        }),
+        wake: Condvar::new(),
+    });
+    let output = fmt::layer()
+        .with_writer(LogWriter(shared.clone()))
+        .with_ansi(ansi);
     let output = match log.format {
         LogFormat::Json => output.json().flatten_event(true).boxed(),
-        LogFormat::Human => output.boxed(),
+        LogFormat::Human => output.event_format(AccessFast::new(Clock)).boxed(),
     };
     // try_init also installs the `log` → tracing bridge (Pingora logs through `log`),
     // with `log`'s max level taken from the filter. It fails when a subscriber is
@@ -58,13 +103,462 @@ pub fn init(log: &LogConfig) -> LogGuard {
         .with(FilterFn::new(may_print))
         .with(output)
         .try_init();
+    if installed.is_err() {
+        return LogGuard { writer: None };
+    }
+    let thread_shared = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("sessiongate-log".into())
+        .spawn(move || write_batches(&thread_shared));
     LogGuard {
-        _worker: installed.is_ok().then_some(guard),
+        writer: thread.ok().map(|t| (shared, t)),
+    }
+}
+
+/// The buffer shared by request threads and the writer thread.
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+struct State {
+    buf: Vec<u8>,
+    closed: bool,
+}
+
+/// The `MakeWriter` of the subscriber: every event is one `write` of one whole line.
+struct LogWriter(Arc<Shared>);
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = &'a Shared;
+
+    fn make_writer(&'a self) -> &'a Shared {
+        &self.0
+    }
+}
+
+impl std::io::Write for &Shared {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let mut state = self.state.lock();
+        if state.buf.len() + line.len() <= LIMIT {
+            let before = state.buf.len();
+            state.buf.extend_from_slice(line);
+            if before < HIGH_WATER && state.buf.len() >= HIGH_WATER {
+                self.wake.notify_one();
+            }
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The writer thread: every `FLUSH_EVERY` (or at the high-water mark) swaps the buffer
+/// out and writes it to stderr outside the lock; writes what is left when closed.
+fn write_batches(shared: &Shared) {
+    let mut out = Vec::with_capacity(HIGH_WATER);
+    loop {
+        let closed = {
+            let mut state = shared.state.lock();
+            if !state.closed && state.buf.len() < HIGH_WATER {
+                shared.wake.wait_for(&mut state, FLUSH_EVERY);
+            }
+            std::mem::swap(&mut state.buf, &mut out);
+            state.closed
+        };
+        if !out.is_empty() {
+            let mut stderr = std::io::stderr().lock();
+            let _ = stderr.write_all(&out);
+            let _ = stderr.flush();
+            out.clear();
+            if out.capacity() > LIMIT / 4 {
+                // Give back what a burst took.
+                out = Vec::with_capacity(HIGH_WATER);
+            }
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+/// tracing-subscriber's `SystemTime` timestamp (`2026-01-02T03:04:05.678901Z`, UTC,
+/// microseconds), with the part up to the seconds formatted once per second per thread.
+#[derive(Clone, Copy)]
+struct Clock;
+
+thread_local! {
+    /// The last second formatted on this thread and its `YYYY-MM-DDTHH:MM:SS` text.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+impl FormatTime for Clock {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        let now = std::time::SystemTime::now();
+        let Ok(since) = now.duration_since(std::time::UNIX_EPOCH) else {
+            return tracing_subscriber::fmt::time::SystemTime.format_time(w);
+        };
+        let secs = since.as_secs();
+        SECOND.with(|cell| {
+            let Ok(mut cached) = cell.try_borrow_mut() else {
+                return tracing_subscriber::fmt::time::SystemTime.format_time(w);
+            };
+            if cached.0 != secs {
+                let text = humantime::format_rfc3339_seconds(now).to_string();
+                // `…THH:MM:SSZ`: keep everything before the `Z`.
+                cached.1.clear();
+                cached.1.push_str(text.trim_end_matches('Z'));
+                cached.0 = secs;
+            }
+            w.write_str(&cached.1)?;
+            let micros = since.subsec_micros();
+            let mut digits = *b".000000Z";
+            let mut n = micros;
+            for d in digits[1..7].iter_mut().rev() {
+                *d = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+            // Only ASCII digits, a dot and a Z were written.
+            w.write_str(std::str::from_utf8(&digits).unwrap_or(".000000Z"))
+        })
+    }
+}
+
+/// The target of the one-line-per-request access log.
+const ACCESS_TARGET: &str = "sessiongate::access";
+
+/// tracing-subscriber's default human event format, with a fast path for access lines.
+///
+/// The fast path renders the line into a thread-local buffer exactly as the default
+/// `Format<Full, T>` with ANSI off would (timestamp, padded level, target, fields with
+/// `Debug` values); when a value would need escaping, or the event is inside a span, it
+/// gives up and the default formatter renders the event instead.
+struct AccessFast<T> {
+    default: Format<Full, T>,
+    timer: T,
+}
+
+impl<T: FormatTime + Clone> AccessFast<T> {
+    fn new(timer: T) -> Self {
+        Self {
+            default: Format::default().with_timer(timer.clone()),
+            timer,
+        }
+    }
+}
+
+thread_local! {
+    static ACCESS_LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+}
+
+impl<S, N, T> FormatEvent<S, N> for AccessFast<T>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    T: FormatTime,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        if event.metadata().target() == ACCESS_TARGET
+            && !writer.has_ansi_escapes()
+            && ctx.event_scope().is_none()
+        {
+            let written = ACCESS_LINE.with(|line| {
+                let Ok(mut line) = line.try_borrow_mut() else {
+                    return Ok(false);
+                };
+                line.clear();
+                if !render_plain(&self.timer, event, &mut line) {
+                    return Ok(false);
+                }
+                writer.write_str(&line).map(|()| true)
+            })?;
+            if written {
+                #[cfg(test)]
+                tests::FAST_LINES.with(|n| n.set(n.get() + 1));
+                return Ok(());
+            }
+        }
+        self.default.format_event(ctx, writer, event)
+    }
+}
+
+/// Renders `event` as the default format does; `false` when it cannot do so identically.
+fn render_plain(timer: &impl FormatTime, event: &Event<'_>, out: &mut String) -> bool {
+    let meta = event.metadata();
+    {
+        let mut w = Writer::new(out);
+        if timer.format_time(&mut w).is_err() && w.write_str("<unknown time>").is_err() {
+            return false;
+        }
+    }
+    out.push(' ');
+    // The default pads the level to five characters and follows it with a space.
+    out.push_str(match *meta.level() {
+        Level::TRACE => "TRACE ",
+        Level::DEBUG => "DEBUG ",
+        Level::INFO => " INFO ",
+        Level::WARN => " WARN ",
+        Level::ERROR => "ERROR ",
+    });
+    out.push_str(meta.target());
+    out.push_str(": ");
+    let mut fields = PlainFields {
+        out,
+        first: true,
+        ok: true,
+    };
+    event.record(&mut fields);
+    if !fields.ok {
+        return false;
+    }
+    out.push('\n');
+    true
+}
+
+/// Writes fields as the default `DefaultVisitor` does, or clears `ok`.
+struct PlainFields<'a> {
+    out: &'a mut String,
+    first: bool,
+    ok: bool,
+}
+
+/// Whether `Debug` of `s` is `s` between double quotes (printable ASCII, no `"` or `\`).
+fn debug_is_quoted(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+impl PlainFields<'_> {
+    /// The separator and `name=`; `false` (and `ok` cleared) for names the default
+    /// treats specially.
+    fn begin(&mut self, field: &Field) -> bool {
+        let name = field.name();
+        if name.starts_with("r#") || name.starts_with("log.") {
+            self.ok = false;
+            return false;
+        }
+        if !self.first {
+            self.out.push(' ');
+        }
+        self.first = false;
+        if name != "message" {
+            self.out.push_str(name);
+            self.out.push('=');
+        }
+        true
+    }
+}
+
+impl Visit for PlainFields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        // Messages are written raw (with control characters escaped), other strings quoted.
+        if !self.ok || !debug_is_quoted(value) || !self.begin(field) {
+            self.ok = false;
+            return;
+        }
+        if field.name() == "message" {
+            self.out.push_str(value);
+        } else {
+            self.out.push('"');
+            self.out.push_str(value);
+            self.out.push('"');
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.ok && self.begin(field) {
+            let _ = write!(self.out, "{value}");
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.ok && self.begin(field) {
+            let _ = write!(self.out, "{value}");
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.ok && self.begin(field) {
+            self.out.push_str(if value { "true" } else { "false" });
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.ok && self.begin(field) {
+            let _ = write!(self.out, "{value:?}");
+        }
+    }
+
+    fn record_error(&mut self, _field: &Field, _value: &(dyn std::error::Error + 'static)) {
+        self.ok = false;
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if !self.ok || !self.begin(field) {
+            return;
+        }
+        let start = self.out.len();
+        let _ = write!(self.out, "{value:?}");
+        // The default escapes control characters in messages; leave those to it.
+        if field.name() == "message"
+            && self.out[start..]
+                .chars()
+                .any(|c| c.is_control() || ('\u{80}'..='\u{9f}').contains(&c))
+        {
+            self.ok = false;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use tracing_subscriber::fmt::format::Writer;
+
+    thread_local! {
+        /// Lines the fast path wrote on this thread.
+        pub(super) static FAST_LINES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A fixed clock, so that two formatters print the same timestamp.
+    #[derive(Clone)]
+    struct Fixed;
+
+    impl FormatTime for Fixed {
+        fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+            w.write_str("2026-01-02T03:04:05.678901Z")
+        }
+    }
+
+    /// Collects what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn emit_all() {
+        // The gateway's own access line, as proxy.rs writes it.
+        tracing::info!(
+            target: "sessiongate::access",
+            method = %http::Method::GET,
+            route = "orders",
+            status = 200u16,
+            latency_ms = 1.25f64,
+            session = "valid",
+            upstream = "127.0.0.1:9001",
+            kid = "roqMScaFn0MxBU6YjbIpMbxq1jR1rzc0S_Gz8pWWr4A",
+            answered_by = "upstream",
+            error = "-",
+            "request"
+        );
+        tracing::info!(
+            target: "sessiongate::access",
+            route = "none",
+            status = 0u16,
+            latency_ms = 3.0f64,
+            huge = 1.0e300f64,
+            tiny = 1.0e-7f64,
+            negative = -4i64,
+            flag = true,
+            "request"
+        );
+        // Values the fast path leaves to the default formatter.
+        tracing::info!(target: "sessiongate::access", route = "a\"b", "request");
+        tracing::info!(target: "sessiongate::access", route = "ünïcode", "request");
+        tracing::info!(target: "sessiongate::access", route = "line\nbreak", "request");
+        tracing::warn!(target: "sessiongate::access", "message with \u{1b}[31m escape");
+        tracing::error!(target: "sessiongate::access", answered = ?Some("x"), "request {}", 7);
+        // Another target goes to the default formatter.
+        tracing::info!(target: "sessiongate", kid = "k", "Created signing key.");
+    }
+
+    fn render(fast: bool) -> String {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let builder = fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(Level::TRACE);
+        if fast {
+            let sub = builder.event_format(AccessFast::new(Fixed)).finish();
+            tracing::subscriber::with_default(sub, emit_all);
+        } else {
+            let sub = builder.with_timer(Fixed).finish();
+            tracing::subscriber::with_default(sub, emit_all);
+        }
+        let bytes = buf.0.lock().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn access_fast_path_writes_exactly_what_the_default_format_writes() {
+        let before = FAST_LINES.with(std::cell::Cell::get);
+        let fast = render(true);
+        // The two plain lines and the formatted message took the fast path.
+        assert_eq!(FAST_LINES.with(std::cell::Cell::get) - before, 3);
+        let default = render(false);
+        assert_eq!(fast, default);
+        assert_eq!(fast.lines().count(), 8, "{fast}");
+        assert!(
+            fast.starts_with(
+                "2026-01-02T03:04:05.678901Z  INFO sessiongate::access: request method=GET route=\"orders\" status=200 latency_ms=1.25 "
+            ),
+            "{fast}"
+        );
+    }
+
+    #[test]
+    fn clock_prints_what_tracing_subscribers_system_time_prints() {
+        fn stamp(t: &impl FormatTime) -> String {
+            let mut s = String::new();
+            t.format_time(&mut Writer::new(&mut s)).unwrap();
+            s
+        }
+        let mut matched = false;
+        for _ in 0..5 {
+            let ours = stamp(&Clock);
+            let theirs = stamp(&tracing_subscriber::fmt::time::SystemTime);
+            assert_eq!(ours.len(), "2026-01-02T03:04:05.678901Z".len(), "{ours}");
+            assert_eq!(theirs.len(), ours.len(), "{theirs}");
+            assert!(ours.ends_with('Z') && ours.as_bytes()[19] == b'.', "{ours}");
+            assert!(ours[20..26].bytes().all(|b| b.is_ascii_digit()), "{ours}");
+            // Equal up to the seconds unless a second boundary fell between the two.
+            if ours[..20] == theirs[..20] {
+                matched = true;
+                break;
+            }
+        }
+        assert!(matched, "the clocks disagree beyond a second boundary");
+    }
+
+    #[test]
+    fn plain_rendering_refuses_what_it_cannot_render_identically() {
+        assert!(debug_is_quoted("127.0.0.1:9001"));
+        assert!(!debug_is_quoted("a\"b"));
+        assert!(!debug_is_quoted("a\\b"));
+        assert!(!debug_is_quoted("é"));
+        assert!(!debug_is_quoted("\t"));
+    }
+}
+
+#[cfg(test)]
+mod quiet_tests {
     use tracing::callsite::Identifier;
     use tracing::field::FieldSet;
     use tracing::metadata::Kind;

@@ -493,6 +493,12 @@ impl Gateway {
         &self.key_prefix
     }
 
+    /// The process id, while it runs (the load harness, benches/load, reads its memory).
+    #[allow(dead_code)]
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is still running.
     pub(crate) fn is_alive(&mut self) -> bool {
         self.child

@@ -1,0 +1,199 @@
+//! Memory of the session cache: the RSS of one process holding 1,000,000 cached sessions,
+//! and the cache bound at work when twice as many distinct sessions arrive.
+//!
+//! Sessions go through the real [`Exchange`]: a cached lookup (a miss, so the store is
+//! read, the value decoded and inserted in the cache) and, in the `tokens` scenario, a
+//! token for one audience (minted and kept on the session's entry), exactly what the
+//! first request of a session does on a non-critical route. The store synthesizes a
+//! realistic session value for any key and keeps nothing, so the RSS measured is the
+//! cache's (plus the process's baseline). The two scenarios (`sessions`, `tokens`) run
+//! in fresh processes (this binary re-executed with `--scenario`).
+//!
+//! Each fills `MEMORY_SESSIONS` (default 1,000,000) sessions into a cache configured
+//! with `cache_max_entries` = that number, then sends as many new ones again and shows
+//! that the entry count stays within the bound (the entry bound, or the byte bound
+//! `cache::DEFAULT_MAX_BYTES`, whichever binds first), evictions are counted, and the
+//! RSS stops growing. RSS is `/proc/self/statm`'s resident pages.
+//!
+//! Run: `cargo bench -p gateway --bench memory` (about two minutes on two cores with
+//! EdDSA, the default; `MEMORY_ALG=ES256` for P-256).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use exchange::store::SessionStore;
+use exchange::{Audience, Exchange, Freshness, Metrics, Minter, SessionSettings, SessionToken};
+use keys::{Algorithm, KeySet, Keyring, RotationPolicy};
+
+/// A store that answers every key with a session value derived from the key.
+struct SyntheticStore;
+
+#[async_trait]
+impl SessionStore for SyntheticStore {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, exchange::Error> {
+        let tail = &key[key.len().saturating_sub(10)..];
+        Ok(Some(Bytes::from(format!(
+            r#"{{"sub":"user-{tail}","exp":4102444800,"roles":["reader","writer"],"email":"user-{tail}@example.com","theme":"dark"}}"#
+        ))))
+    }
+
+    async fn put(&self, _: &str, _: &[u8], _: Duration) -> Result<(), exchange::Error> {
+        Ok(())
+    }
+
+    async fn delete(&self, _: &str) -> Result<bool, exchange::Error> {
+        Ok(false)
+    }
+
+    async fn index_add(&self, _: &str, _: &str, _: Duration) -> Result<(), exchange::Error> {
+        Ok(())
+    }
+
+    async fn index_members(&self, _: &str) -> Result<Vec<String>, exchange::Error> {
+        Ok(Vec::new())
+    }
+
+    async fn index_remove(&self, _: &str, _: &[String]) -> Result<(), exchange::Error> {
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), exchange::Error> {
+        Ok(())
+    }
+}
+
+/// Resident set size of this process in MiB, from `/proc/self/statm` (4 KiB pages).
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages as f64 * 4096.0 / 1024.0 / 1024.0
+}
+
+/// A distinct, valid cookie value for `i` (43 characters of `[0-9a-z-]`).
+fn cookie(i: u64) -> String {
+    format!("bench-memory-session-{i:020}-x")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--scenario") {
+        run(args.get(i + 1).map(String::as_str) == Some("tokens"));
+        return;
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        // `cargo test --benches` runs bench binaries without `--bench`.
+        println!("memory bench: run it with `cargo bench -p gateway --bench memory`");
+        return;
+    }
+    // Each scenario in a fresh process, so that one's allocations do not count in the other.
+    for scenario in ["sessions", "tokens"] {
+        let exe = std::env::current_exe().expect("current exe");
+        let status = std::process::Command::new(exe)
+            .args(["--scenario", scenario])
+            .status()
+            .expect("run scenario");
+        assert!(status.success(), "scenario {scenario} failed");
+    }
+}
+
+/// Fills the cache with `MEMORY_SESSIONS` sessions, then as many again; with `tokens`,
+/// each lookup is followed by a token for one audience, as on a non-critical route.
+fn run(tokens: bool) {
+    let n: u64 = std::env::var("MEMORY_SESSIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let alg = match std::env::var("MEMORY_ALG").as_deref() {
+        Ok("ES256") => Algorithm::Es256,
+        _ => Algorithm::EdDsa,
+    };
+    keys::install_crypto_provider();
+    let now = keys::unix_now();
+    let record = keys::generate(alg, now - 10, now - 10).expect("key");
+    let policy = RotationPolicy {
+        algorithm: alg,
+        ..RotationPolicy::default()
+    };
+    let set = KeySet::build(std::slice::from_ref(&record), now, &policy).expect("key set");
+    let metrics = Arc::new(Metrics::unregistered());
+    let settings = SessionSettings {
+        cache_ttl: Duration::from_secs(3600),
+        cache_max_entries: usize::try_from(n).expect("fits"),
+        ..SessionSettings::default()
+    };
+    let ex = Exchange::new(
+        Arc::new(SyntheticStore),
+        settings,
+        Minter::new(
+            Arc::new(Keyring::new(set)),
+            "https://gateway.internal",
+            metrics.clone(),
+        ),
+        metrics.clone(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let audience = Audience::new("orders");
+    let ttl = Duration::from_secs(300);
+    let evictions = metrics.session_cache.with_label_values(&["eviction"]);
+    let baseline = rss_mib();
+    let what = if tokens {
+        format!("each with one {} token", alg.as_str())
+    } else {
+        "sessions only, no token".to_owned()
+    };
+    println!("### Session cache memory: {n} sessions, {what}\n");
+    println!(
+        "- bound: session.cache_max_entries = {n}, byte bound {} MiB",
+        exchange::cache::DEFAULT_MAX_BYTES / 1024 / 1024
+    );
+    println!("- baseline RSS (process, key, empty cache): {baseline:.1} MiB\n");
+    println!(
+        "| sessions sent | cached entries | evictions | RSS MiB | (RSS − baseline) / cached entry, bytes |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    let started = Instant::now();
+    let step = (n / 4).max(1);
+    let mut after_first = 0.0;
+    let mut phase2 = Vec::new();
+    for i in 0..2 * n {
+        let token = SessionToken::parse(&cookie(i)).expect("valid cookie");
+        let resolved = rt
+            .block_on(ex.lookup(&token, Freshness::Cached))
+            .expect("lookup");
+        if tokens {
+            ex.token(&resolved, &audience, ttl).expect("token");
+        }
+        if (i + 1) % step == 0 {
+            let rss = rss_mib();
+            let len = ex.cache().len();
+            if i < n {
+                after_first = rss;
+            } else {
+                phase2.push(rss);
+            }
+            println!(
+                "| {} | {len} | {} | {rss:.1} | {:.0} |",
+                i + 1,
+                evictions.get(),
+                (rss - baseline) * 1024.0 * 1024.0 / len.max(1) as f64
+            );
+        }
+    }
+    let last = phase2.last().copied().unwrap_or(0.0);
+    let max2 = phase2.iter().copied().fold(0.0, f64::max);
+    println!(
+        "\nAfter {n} sessions: {after_first:.1} MiB. While {n} more arrived: at most {max2:.1} MiB, last {last:.1} MiB; {} entries cached at the end (bound {n}), {} evictions. ({:.0} s)\n",
+        ex.cache().len(),
+        evictions.get(),
+        started.elapsed().as_secs_f64()
+    );
+}
