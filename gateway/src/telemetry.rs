@@ -7,7 +7,7 @@
 //!
 //! Formatted lines are appended to an in-memory buffer and written to stderr in batches
 //! by one writer thread, so request threads never block on stderr and never wake another
-//! thread per line. (tracing-appender's non-blocking writer, used before, woke its worker
+//! thread per access line (any other line, being rare, wakes the writer at once). (tracing-appender's non-blocking writer, used before, woke its worker
 //! for every line; under load that worker spun and parked once per request and cost about
 //! a tenth of the gateway's CPU; see docs/performance.md.)
 //!
@@ -129,22 +129,40 @@ struct State {
 /// The `MakeWriter` of the subscriber: every event is one `write` of one whole line.
 struct LogWriter(Arc<Shared>);
 
-impl<'a> MakeWriter<'a> for LogWriter {
-    type Writer = &'a Shared;
+/// One line's writer. Access lines (one per request) wait for the next batch; any other
+/// line (start-up, reloads, warnings, errors: rare, and what an operator or a test reads
+/// right after the event) wakes the writer thread at once.
+struct LineWriter<'a> {
+    shared: &'a Shared,
+    urgent: bool,
+}
 
-    fn make_writer(&'a self) -> &'a Shared {
-        &self.0
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = LineWriter<'a>;
+
+    fn make_writer(&'a self) -> LineWriter<'a> {
+        LineWriter {
+            shared: &self.0,
+            urgent: true,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> LineWriter<'a> {
+        LineWriter {
+            shared: &self.0,
+            urgent: meta.target() != ACCESS_TARGET,
+        }
     }
 }
 
-impl std::io::Write for &Shared {
+impl std::io::Write for LineWriter<'_> {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let mut state = self.state.lock();
+        let mut state = self.shared.state.lock();
         if state.buf.len() + line.len() <= LIMIT {
             let before = state.buf.len();
             state.buf.extend_from_slice(line);
-            if before < HIGH_WATER && state.buf.len() >= HIGH_WATER {
-                self.wake.notify_one();
+            if self.urgent || (before < HIGH_WATER && state.buf.len() >= HIGH_WATER) {
+                self.shared.wake.notify_one();
             }
         }
         Ok(line.len())

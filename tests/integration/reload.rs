@@ -226,11 +226,8 @@ fn an_invalid_config_is_refused_logged_counted_and_the_running_one_kept() {
         ),
         started_at
     );
+    let refused = gw.log_lines("Config reload refused", invalid.len());
     let logs = gw.stderr();
-    let refused: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains("Config reload refused"))
-        .collect();
     assert_eq!(refused.len(), invalid.len(), "{logs}");
     assert!(
         refused[0].contains("metrics"),
@@ -260,13 +257,7 @@ fn changes_that_need_a_restart_are_named_and_the_rest_applied() {
         .route(Route::new("orders", "/api/orders", &[two.addr()]));
     reload_listening_on(&gw, &v2, new_listen, "ok");
 
-    let restart_lines = |logs: &str| -> Vec<String> {
-        logs.lines()
-            .filter(|l| l.contains("need a restart"))
-            .map(str::to_owned)
-            .collect()
-    };
-    let lines = restart_lines(&gw.stderr());
+    let lines = gw.log_lines("need a restart", 1);
     assert_eq!(lines.len(), 1, "{}", gw.logs());
     for key in ["server.listen", "server.threads", "token.issuer"] {
         assert!(lines[0].contains(key), "{key} not named: {}", lines[0]);
@@ -282,7 +273,7 @@ fn changes_that_need_a_restart_are_named_and_the_rest_applied() {
     );
     // Reloading the same file again still names them: they still do not run.
     hup_and_wait(&gw, "ok", 1.0);
-    let lines = restart_lines(&gw.stderr());
+    let lines = gw.log_lines("need a restart", 2);
     assert_eq!(lines.len(), 2, "{}", gw.logs());
     assert!(lines[1].contains("server.listen"), "{}", lines[1]);
 }

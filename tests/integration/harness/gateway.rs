@@ -545,6 +545,25 @@ impl Gateway {
         dump
     }
 
+    /// The stderr lines containing `pattern`, once there are at least `count` of them
+    /// (log lines reach stderr from the gateway's writer thread, a moment after the event
+    /// that a test observed through a metric or a response). After 10 s, whatever there is.
+    pub(crate) fn log_lines(&self, pattern: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines: Vec<String> = self
+                .stderr()
+                .lines()
+                .filter(|l| l.contains(pattern))
+                .map(str::to_owned)
+                .collect();
+            if lines.len() >= count || Instant::now() >= deadline {
+                return lines;
+            }
+            pause(Duration::from_millis(10));
+        }
+    }
+
     /// Captured stderr (where the log lines go) of every process so far, in order.
     pub(crate) fn stderr(&self) -> String {
         (0..=self.generation)
