@@ -198,8 +198,18 @@ impl Base {
             child.wait().expect("redis-cli").success(),
             "redis-cli failed"
         );
+        // Session keys only: each gateway also keeps a canary key under the prefix.
+        let count = "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
+                     if not string.find(k, ARGV[2], 1, true) then n = n + 1 end end return n";
+        let prefix = harness::redis::DEFAULT_PREFIX;
         assert_eq!(
-            self.redis.cli(&["DBSIZE"]),
+            self.redis.cli(&[
+                "EVAL",
+                count,
+                "0",
+                &format!("{prefix}*"),
+                &format!("{prefix}canary:"),
+            ]),
             n.to_string(),
             "every session was written"
         );
