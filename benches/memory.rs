@@ -27,6 +27,11 @@ use exchange::store::SessionStore;
 use exchange::{Audience, Exchange, Freshness, Metrics, Minter, SessionSettings, SessionToken};
 use keys::{Algorithm, KeySet, Keyring, RotationPolicy};
 
+/// The allocator the `sessiongate` binary runs with (gateway/src/main.rs), so that the
+/// RSS measured here is what a gateway would hold.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A store that answers every key with a session value derived from the key.
 struct SyntheticStore;
 

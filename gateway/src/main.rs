@@ -5,6 +5,13 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use gateway::cli::{Cli, UsageError, run};
 
+/// mimalloc instead of glibc's malloc: Pingora allocates and frees per request from
+/// several threads, and glibc's malloc spent about 13% of a loaded gateway's CPU (perf,
+/// cached path); see docs/performance.md. Built with `no_thp`: with transparent huge
+/// pages mimalloc's eagerly committed arena cost ~18 MiB of idle RSS.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
