@@ -451,18 +451,7 @@ fn compare(knobs: &Knobs) {
         .collect();
     let load_after = procs::loadavg();
 
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "### Load run {} (commit {})\n",
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-        procs::git_rev()
-    );
-    let _ = writeln!(out, "- machine: {}", procs::machine());
-    let _ = writeln!(
-        out,
-        "- load average (1/5/15 min): {load_before} before, {load_after} after"
-    );
+    let mut out = procs::report_header("Load run", &load_before, &load_after);
     let _ = writeln!(
         out,
         "- proxies: {} worker threads each; upstream: hyper, 64-byte body; {} sessions, requests rotate through them",

@@ -165,3 +165,14 @@ pub(crate) fn git_rev() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_else(|| "?".into())
 }
+
+/// The opening lines of a report: `### {title} {time} (commit …)`, the machine, and the
+/// load average before and after the run.
+pub(crate) fn report_header(title: &str, load_before: &str, load_after: &str) -> String {
+    format!(
+        "### {title} {} (commit {})\n\n- machine: {}\n- load average (1/5/15 min): {load_before} before, {load_after} after\n",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        git_rev(),
+        machine(),
+    )
+}

@@ -77,18 +77,7 @@ pub(crate) fn run(knobs: &Knobs, length: Duration) {
     samples.push((started.elapsed().as_secs(), Rss::of(pid)));
     let load_after = procs::loadavg();
 
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "### Soak {} (commit {})\n",
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-        procs::git_rev()
-    );
-    let _ = writeln!(out, "- machine: {}", procs::machine());
-    let _ = writeln!(
-        out,
-        "- load average (1/5/15 min): {load_before} before, {load_after} after"
-    );
+    let mut out = procs::report_header("Soak", &load_before, &load_after);
     let _ = writeln!(
         out,
         "- {rate:.0} req/s offered over {connections} connections for {}s, 90% cached / 10% critical, {sessions} sessions, ES256",
