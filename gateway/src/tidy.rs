@@ -1,7 +1,8 @@
 //! Tidy checks run by `cargo test`: conventions that keep the code and docs honest.
 //!
 //! Every Rust source file starts with a `//!` doc comment; docs/ARCHITECTURE.md names
-//! every source module; nothing under `docs/` names a file that does not exist.
+//! every source module; nothing in README.md or `docs/` names a repository path that does
+//! not exist.
 
 #[cfg(test)]
 mod tests {
@@ -75,6 +76,74 @@ mod tests {
         assert!(
             missing.is_empty(),
             "docs/ARCHITECTURE.md does not mention: {missing:#?}"
+        );
+    }
+
+    /// The repository paths a doc names: words that start with a top-level directory of
+    /// the repository (`docs/keys.md`, `deploy/k8s/`, `tests/integration/tls.rs`).
+    fn named_paths(text: &str) -> Vec<String> {
+        const ROOTS: [&str; 9] = [
+            "keys/",
+            "exchange/",
+            "gateway/",
+            "tests/",
+            "benches/",
+            "deploy/",
+            "docs/",
+            "scripts/",
+            ".ci/",
+        ];
+        let is_path_char = |c: char| c.is_ascii_alphanumeric() || "_./-".contains(c);
+        let mut out = Vec::new();
+        for (start, _) in text.char_indices() {
+            let before = text[..start].chars().next_back();
+            if before.is_some_and(|c| is_path_char(c) || "{}$".contains(c)) {
+                continue;
+            }
+            let rest = &text[start..];
+            if !ROOTS.iter().any(|r| rest.starts_with(r)) {
+                continue;
+            }
+            let end = rest.find(|c: char| !is_path_char(c)).unwrap_or(rest.len());
+            let path = rest[..end].trim_end_matches(['.', '-']);
+            out.push(path.to_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn docs_name_only_files_that_exist() {
+        let mut docs = vec![root().join("README.md")];
+        for entry in std::fs::read_dir(root().join("docs"))
+            .expect("docs/")
+            .flatten()
+        {
+            if entry.path().extension().is_some_and(|e| e == "md") {
+                docs.push(entry.path());
+            }
+        }
+        let mut missing = Vec::new();
+        for doc in docs {
+            let text = std::fs::read_to_string(&doc).unwrap_or_default();
+            for path in named_paths(&text) {
+                if !root().join(&path).exists() {
+                    missing.push(format!("{}: {path}", doc.display()));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs name paths that do not exist: {missing:#?}"
+        );
+    }
+
+    #[test]
+    fn named_paths_finds_repository_paths_only() {
+        let text = "See docs/keys.md, `deploy/k8s/` and tests/integration/tls.rs. \
+                    Not {prefix}keys/x, not src/docs/x, not $HOME/docs/y.";
+        assert_eq!(
+            named_paths(text),
+            ["docs/keys.md", "deploy/k8s/", "tests/integration/tls.rs"]
         );
     }
 }
