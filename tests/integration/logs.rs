@@ -169,7 +169,9 @@ fn no_cookie_token_or_key_reaches_the_logs_even_at_trace() {
     expect(get("/api/billing", &with_cookie(&revoked)), 200, "critical");
     s.redis.del(&s.key(&revoked));
     expect(get("/api/billing", &with_cookie(&revoked)), 401, "revoked");
-    // Redis down: the critical route refuses, the cached session still serves.
+    // Redis down: the critical route refuses, the cached session still serves (once it
+    // really is cached).
+    s.warm("/api/orders", &cookie);
     s.redis.stop();
     expect(
         get("/api/billing", &with_cookie(&cookie)),
@@ -192,10 +194,15 @@ fn no_cookie_token_or_key_reaches_the_logs_even_at_trace() {
         Duration::from_secs(10),
         "{expected} access lines"
     );
-    let unavailable: Vec<String> = access_lines(&s.gw.stderr())
-        .into_iter()
-        .filter(|l| field(l, "status").as_deref() == Some("503"))
-        .collect();
+    let unavailable = || -> Vec<String> {
+        access_lines(&s.gw.stderr())
+            .into_iter()
+            .filter(|l| field(l, "status").as_deref() == Some("503"))
+            .collect()
+    };
+    // Access lines reach stderr in batches; the last two requests were the 503s.
+    assert_eventually!(unavailable().len() >= 2, Duration::from_secs(10));
+    let unavailable = unavailable();
     assert_eq!(unavailable.len(), 2, "{unavailable:#?}");
     for line in &unavailable {
         assert_eq!(field(line, "session").as_deref(), Some("error"), "{line}");

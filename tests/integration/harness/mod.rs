@@ -290,6 +290,25 @@ impl Stack {
         self.get(path, cookie).status().as_u16()
     }
 
+    /// Requests `path` (a non-critical route to this stack's upstream) with `cookie`
+    /// until two answers in a row carry the same bearer, i.e. the session and its token
+    /// are cached. A single request is not enough: arming the invalidation channel
+    /// flushes the cache, and a read that raced the invalidation of the session's own
+    /// `SET` is answered but not kept.
+    #[track_caller]
+    pub(crate) fn warm(&self, path: &str, cookie: &str) {
+        let bearer =
+            || (self.status(path, Some(cookie)) == 200).then(|| self.up.last().bearer().to_owned());
+        assert_eventually!(
+            {
+                let first = bearer();
+                first.is_some() && bearer() == first
+            },
+            Duration::from_secs(5),
+            "the session must end up in the cache"
+        );
+    }
+
     /// The JWKS on the proxy listener.
     pub(crate) fn jwks(&self) -> JwkSet {
         fetch_jwks(&self.http, &self.gw.url("/.well-known/jwks.json"))
