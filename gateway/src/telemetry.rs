@@ -12,7 +12,7 @@
 //! a tenth of the gateway's CPU; see docs/performance.md.)
 //!
 //! The access line (target `sessiongate::access`, one per request) is formatted by
-//! [`AccessFast`], which writes exactly what tracing-subscriber's default human format
+//! `AccessFast`, which writes exactly what tracing-subscriber's default human format
 //! writes (a test compares the two byte for byte) without its per-field styling
 //! machinery; every other event, and any access line it cannot render identically, goes
 //! to the default formatter.

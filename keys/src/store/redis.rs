@@ -55,8 +55,8 @@ use crate::{Algorithm, Error, KeyRecord, KeyStore, Kid, UnixTime};
 /// The store name in errors.
 const STORE: &str = "redis";
 
-/// What `{ns}keyring:kek-check` holds, sealed under the KEK with [`KEK_CHECK_AAD`] as
-/// associated data.
+/// What `{ns}keyring:kek-check` holds, sealed under the KEK with `KEK_CHECK_AAD` as
+/// associated data (in place of a kid).
 pub const KEK_CHECK_PLAINTEXT: &[u8] = b"sessiongate keyring kek check v1";
 
 /// The associated data (in place of a kid) of the KEK check value.
