@@ -92,34 +92,6 @@ fn cache_event(m: &Scrape, event: &str) -> f64 {
     )
 }
 
-/// The bearer token the echo upstream saw for this request (from its JSON answer).
-fn echoed_bearer(s: &Stack, cookie: &str) -> Option<String> {
-    let resp = s.get("/api/orders", Some(cookie));
-    if resp.status() != 200 {
-        return None;
-    }
-    let body: Value = resp.json().ok()?;
-    body["headers"]["authorization"][0]
-        .as_str()
-        .map(str::to_owned)
-}
-
-/// Requests `/api/orders` until the session is answered from the cache, which shows as
-/// the cached token being reused. A first read may not be cached: if the invalidation
-/// of the session's own `SET` reaches the gateway after its `GET` was sent, the read
-/// raced an invalidation and is answered but not kept.
-#[track_caller]
-fn warm(s: &Stack, cookie: &str) {
-    assert_eventually!(
-        {
-            let first = echoed_bearer(s, cookie);
-            first.is_some() && echoed_bearer(s, cookie) == first
-        },
-        Duration::from_secs(5),
-        "the session must end up in the cache"
-    );
-}
-
 /// Runs `body` while `threads` clients load both routes with their own sessions, each
 /// asserting that every one of its requests is a 200. Returns how many they sent.
 fn under_load(s: &Stack, threads: usize, body: impl FnOnce()) -> u64 {
@@ -269,7 +241,7 @@ fn with_push_a_non_critical_route_refuses_within_milliseconds_even_under_load() 
     under_load(&s, 2, || {
         for i in 0..20 {
             let cookie = s.login(&format!("user-{i}"));
-            warm(&s, &cookie);
+            s.warm("/api/orders", &cookie);
             s.redis.del(&s.key(&cookie));
             let took = refused_within(&s, "/api/orders", &cookie, PUSH_BOUND, "push on");
             slowest = slowest.max(took);
@@ -305,7 +277,7 @@ fn killing_the_push_connection_never_lets_a_revoked_session_through() {
     let s = pushed("30s");
     for round in 0..5 {
         let cookie = s.login(&format!("user-{round}"));
-        warm(&s, &cookie);
+        s.warm("/api/orders", &cookie);
         let tracking = tracking_clients(&s.redis);
         assert_eq!(tracking.len(), 1, "one tracking connection: {tracking:?}");
         s.redis.cli(&["CLIENT", "KILL", "ID", &tracking[0]]);
@@ -320,7 +292,7 @@ fn killing_the_push_connection_never_lets_a_revoked_session_through() {
             Duration::from_secs(10)
         );
         let next = s.login("after-reconnect");
-        warm(&s, &next);
+        s.warm("/api/orders", &next);
         s.redis.del(&s.key(&next));
         refused_within(&s, "/api/orders", &next, PUSH_BOUND, "re-armed channel");
     }
@@ -362,7 +334,7 @@ fn while_the_push_channel_is_down_the_cache_is_bypassed_and_re_arming_flushes_it
     };
     let (a, b, c) = (s.login("user-a"), s.login("user-b"), s.login("user-c"));
     for cookie in [&a, &b, &c] {
-        warm(&s, cookie);
+        s.warm("/api/orders", cookie);
     }
 
     // Take the channel down and keep it down: the gateway may reconnect, but tracking
@@ -427,7 +399,7 @@ fn redis_outage_serves_cached_sessions_no_older_than_cache_ttl_then_503_and_reco
     let cookie = s.login("user-a");
     let fetched = Instant::now();
     assert_eq!(s.status("/api/billing", Some(&cookie)), 200);
-    warm(&s, &cookie);
+    s.warm("/api/orders", &cookie);
 
     s.redis.stop();
     assert_eq!(
@@ -496,7 +468,7 @@ fn redis_outage_serves_cached_sessions_no_older_than_cache_ttl_then_503_and_reco
 fn redis_restart_never_lets_a_lost_session_through_and_push_resumes() {
     let mut s = pushed("30s");
     let cookie = s.login("user-a");
-    warm(&s, &cookie);
+    s.warm("/api/orders", &cookie);
     s.redis.stop();
     // SPEC's outage row: the cached session (younger than cache_ttl) is served.
     assert_eq!(
@@ -520,7 +492,7 @@ fn redis_restart_never_lets_a_lost_session_through_and_push_resumes() {
     );
     wait_armed(&s.gw);
     let next = s.login("user-next");
-    warm(&s, &next);
+    s.warm("/api/orders", &next);
     s.redis.del(&s.key(&next));
     refused_within(
         &s,
@@ -535,7 +507,7 @@ fn redis_restart_never_lets_a_lost_session_through_and_push_resumes() {
 fn flushall_is_noticed_within_the_push_bound() {
     let s = pushed("30s");
     let cookie = s.login("user-a");
-    warm(&s, &cookie);
+    s.warm("/api/orders", &cookie);
     // Redis's invalidation for FLUSHALL carries no keys (the client drops it); the
     // gateway's canary key notices instead.
     s.redis.cli(&["FLUSHALL"]);
@@ -547,7 +519,7 @@ fn flushall_is_noticed_within_the_push_bound() {
         m.text()
     );
     let next = s.login("user-b");
-    warm(&s, &next);
+    s.warm("/api/orders", &next);
     s.redis.del(&s.key(&next));
     refused_within(&s, "/api/orders", &next, PUSH_BOUND, "after the flush");
 }
@@ -661,7 +633,7 @@ fn a_cached_token_of_a_revoked_session_is_never_handed_out_again() {
     let s = pushed("30s");
     let cookie = s.login("user-a");
     let session = s.redis.cli(&["GET", &s.key(&cookie)]);
-    warm(&s, &cookie);
+    s.warm("/api/orders", &cookie);
     let first = last_jti(&s);
     assert_eq!(s.status("/api/orders", Some(&cookie)), 200);
     assert_eq!(last_jti(&s), first, "the cached token is reused");

@@ -290,6 +290,20 @@ impl Stack {
         self.get(path, cookie).status().as_u16()
     }
 
+    /// The bearer token the echo upstream saw for a `GET path` with `cookie`, read from
+    /// its JSON answer (so it is this request's, whatever else runs concurrently), or
+    /// `None` when the answer is not a 200.
+    pub(crate) fn echoed_bearer(&self, path: &str, cookie: &str) -> Option<String> {
+        let resp = self.get(path, Some(cookie));
+        if resp.status() != 200 {
+            return None;
+        }
+        let body: Value = resp.json().ok()?;
+        body["headers"]["authorization"][0]
+            .as_str()
+            .map(str::to_owned)
+    }
+
     /// Requests `path` (a non-critical route to this stack's upstream) with `cookie`
     /// until two answers in a row carry the same bearer, i.e. the session and its token
     /// are cached. A single request is not enough: arming the invalidation channel
@@ -297,12 +311,10 @@ impl Stack {
     /// `SET` is answered but not kept.
     #[track_caller]
     pub(crate) fn warm(&self, path: &str, cookie: &str) {
-        let bearer =
-            || (self.status(path, Some(cookie)) == 200).then(|| self.up.last().bearer().to_owned());
         assert_eventually!(
             {
-                let first = bearer();
-                first.is_some() && bearer() == first
+                let first = self.echoed_bearer(path, cookie);
+                first.is_some() && self.echoed_bearer(path, cookie) == first
             },
             Duration::from_secs(5),
             "the session must end up in the cache"
