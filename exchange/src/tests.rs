@@ -18,13 +18,20 @@ use crate::{
 };
 
 fn exchange(cache_ttl: Duration) -> (Exchange, Arc<MemoryStore>) {
+    exchange_over(Arc::new(MemoryStore::new()), cache_ttl)
+}
+
+/// An exchange over `store`, signing with a fresh ES256 key.
+fn exchange_over<S: SessionStore + 'static>(
+    store: Arc<S>,
+    cache_ttl: Duration,
+) -> (Exchange, Arc<S>) {
     keys::install_crypto_provider();
     let now = keys::unix_now();
     let record = keys::generate(Algorithm::Es256, now - 10, now - 10).unwrap();
     let set = KeySet::build(&[record], now, &RotationPolicy::default()).unwrap();
     let metrics = Arc::new(Metrics::unregistered());
     let minter = Minter::new(Arc::new(Keyring::new(set)), "iss", metrics.clone());
-    let store = Arc::new(MemoryStore::new());
     let settings = SessionSettings {
         cache_ttl,
         ..SessionSettings::default()
@@ -215,21 +222,7 @@ impl SessionStore for FlakyStore {
 }
 
 fn flaky_exchange(cache_ttl: Duration) -> (Exchange, Arc<FlakyStore>) {
-    keys::install_crypto_provider();
-    let now = keys::unix_now();
-    let record = keys::generate(Algorithm::Es256, now - 10, now - 10).unwrap();
-    let set = KeySet::build(&[record], now, &RotationPolicy::default()).unwrap();
-    let metrics = Arc::new(Metrics::unregistered());
-    let minter = Minter::new(Arc::new(Keyring::new(set)), "iss", metrics.clone());
-    let store = Arc::new(FlakyStore::default());
-    let settings = SessionSettings {
-        cache_ttl,
-        ..SessionSettings::default()
-    };
-    (
-        Exchange::new(store.clone(), settings, minter, metrics),
-        store,
-    )
+    exchange_over(Arc::new(FlakyStore::default()), cache_ttl)
 }
 
 #[tokio::test]
