@@ -244,6 +244,18 @@ struct Target {
     pid: u32,
 }
 
+impl Target {
+    /// `path` on the proxy listener of the gateway `gw`.
+    fn gateway(name: &'static str, gw: &harness::Gateway, path: &'static str) -> Self {
+        Target {
+            name,
+            addr: gw.addr(),
+            path,
+            pid: gw.pid().expect("gateway running"),
+        }
+    }
+}
+
 /// Closed-loop results of one target over every round.
 struct Closed {
     name: &'static str,
@@ -328,36 +340,11 @@ fn compare(knobs: &Knobs) {
             path: "/cached/item",
             pid: base.bare.pid(),
         },
-        Target {
-            name: "cached ES256",
-            addr: es.addr(),
-            path: "/cached/item",
-            pid: gw_pid(&es),
-        },
-        Target {
-            name: "critical ES256",
-            addr: es.addr(),
-            path: "/critical/item",
-            pid: gw_pid(&es),
-        },
-        Target {
-            name: "cached EdDSA",
-            addr: ed.addr(),
-            path: "/cached/item",
-            pid: gw_pid(&ed),
-        },
-        Target {
-            name: "critical EdDSA",
-            addr: ed.addr(),
-            path: "/critical/item",
-            pid: gw_pid(&ed),
-        },
-        Target {
-            name: "cached ES256, access log off",
-            addr: es_quiet.addr(),
-            path: "/cached/item",
-            pid: gw_pid(&es_quiet),
-        },
+        Target::gateway("cached ES256", &es, "/cached/item"),
+        Target::gateway("critical ES256", &es, "/critical/item"),
+        Target::gateway("cached EdDSA", &ed, "/cached/item"),
+        Target::gateway("critical EdDSA", &ed, "/critical/item"),
+        Target::gateway("cached ES256, access log off", &es_quiet, "/cached/item"),
     ];
     for (i, t) in targets.iter().enumerate() {
         check(t.addr, t.path, &cookies[0], i > 0);
