@@ -558,19 +558,21 @@ impl ProxyHttp for Gateway {
             // Every Cookie header, the session cookie removed, joined into one.
             let mut stripped = String::new();
             let mut values = 0;
-            let mut unchanged = false;
             for value in upstream.headers.get_all(COOKIE) {
                 values += 1;
                 if let Ok(v) = value.to_str() {
                     cookie::strip_cookie_into(v, &settings.cookie, &mut stripped);
-                    unchanged = values == 1 && stripped == v;
-                } else {
-                    unchanged = false;
                 }
             }
+            // One header the strip left as it was is not rewritten.
+            let unchanged = values == 1
+                && upstream
+                    .headers
+                    .get(COOKIE)
+                    .is_some_and(|v| v.as_bytes() == stripped.as_bytes());
             if stripped.is_empty() {
                 upstream.remove_header(&COOKIE);
-            } else if !(unchanged && values == 1) {
+            } else if !unchanged {
                 // Replaces every Cookie header the client sent.
                 upstream.insert_header(COOKIE, stripped)?;
             }
