@@ -3,17 +3,19 @@
 //!
 //! Sessions go through the real [`Exchange`]: a cached lookup (a miss, so the store is
 //! read, the value decoded and inserted in the cache) and, in the `tokens` scenario, a
-//! token for one audience (minted and kept on the session's entry), exactly what the
+//! token for one audience (minted and kept in the token cache), exactly what the
 //! first request of a session does on a non-critical route. The store synthesizes a
 //! realistic session value for any key and keeps nothing, so the RSS measured is the
 //! cache's (plus the process's baseline). The two scenarios (`sessions`, `tokens`) run
 //! in fresh processes (this binary re-executed with `--scenario`).
 //!
 //! Each fills `MEMORY_SESSIONS` (default 1,000,000) sessions into a cache configured
-//! with `cache_max_entries` = that number, then sends as many new ones again and shows
-//! that the entry count stays within the bound (the entry bound, or the byte bound
-//! `cache::DEFAULT_MAX_BYTES`, whichever binds first), evictions are counted, and the
-//! RSS stops growing. RSS is `/proc/self/statm`'s resident pages.
+//! with `cache_max_entries` = that number, `cache_max_bytes` = 288 MiB (`MEMORY_MAX_MIB`)
+//! and `token_cache_max_bytes` = 64 MiB (`MEMORY_TOKEN_MIB`), then sends as many new
+//! ones again and shows that the entry count stays within the bound, evictions are
+//! counted, and the RSS stops growing. RSS is `/proc/self/statm`'s resident pages; the
+//! weight column is what the cache counts against its bounds, so the two side by side
+//! show whether the weights are honest.
 //!
 //! Run: `cargo bench -p gateway --bench memory` (about two minutes on two cores with
 //! EdDSA, the default; `MEMORY_ALG=ES256` for P-256).
@@ -31,6 +33,12 @@ use keys::{Algorithm, KeySet, Keyring, RotationPolicy};
 /// RSS measured here is what a gateway would hold.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `session.cache_max_bytes` of the bench unless `MEMORY_MAX_MIB` says otherwise: what
+/// 1,000,000 sessions need (docs/performance.md).
+const SESSION_BOUND: u64 = 288 * 1024 * 1024;
+/// `session.token_cache_max_bytes` of the bench unless `MEMORY_TOKEN_MIB` says otherwise.
+const TOKEN_BOUND: u64 = 64 * 1024 * 1024;
 
 /// A store that answers every key with a session value derived from the key.
 struct SyntheticStore;
@@ -127,9 +135,19 @@ fn run(tokens: bool) {
     };
     let set = KeySet::build(std::slice::from_ref(&record), now, &policy).expect("key set");
     let metrics = Arc::new(Metrics::unregistered());
+    let mib = |var: &str, default: u64| {
+        std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map_or(default, |mib| mib * 1024 * 1024)
+    };
+    let max_bytes = mib("MEMORY_MAX_MIB", SESSION_BOUND);
+    let token_max_bytes = mib("MEMORY_TOKEN_MIB", TOKEN_BOUND);
     let settings = SessionSettings {
         cache_ttl: Duration::from_secs(3600),
         cache_max_entries: usize::try_from(n).expect("fits"),
+        cache_max_bytes: max_bytes,
+        token_cache_max_bytes: token_max_bytes,
         ..SessionSettings::default()
     };
     let ex = Exchange::new(
@@ -149,6 +167,7 @@ fn run(tokens: bool) {
     let audience = Audience::new("orders");
     let ttl = Duration::from_secs(300);
     let evictions = metrics.session_cache.with_label_values(&["eviction"]);
+    let token_evictions = metrics.session_cache.with_label_values(&["token_eviction"]);
     let baseline = rss_mib();
     let what = if tokens {
         format!("each with one {} token", alg.as_str())
@@ -157,14 +176,15 @@ fn run(tokens: bool) {
     };
     println!("### Session cache memory: {n} sessions, {what}\n");
     println!(
-        "- bound: session.cache_max_entries = {n}, byte bound {} MiB",
-        exchange::cache::DEFAULT_MAX_BYTES / 1024 / 1024
+        "- bounds: session.cache_max_entries = {n}, session.cache_max_bytes = {} MiB, session.token_cache_max_bytes = {} MiB",
+        max_bytes / 1024 / 1024,
+        token_max_bytes / 1024 / 1024
     );
     println!("- baseline RSS (process, key, empty cache): {baseline:.1} MiB\n");
     println!(
-        "| sessions sent | cached entries | evictions | RSS MiB | (RSS − baseline) / cached entry, bytes |"
+        "| sessions sent | cached sessions | with a token | evictions (sessions, tokens) | RSS MiB | (RSS − baseline) / cached session, bytes | weight MiB (sessions + tokens) |"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     let started = Instant::now();
     let step = (n / 4).max(1);
     let mut after_first = 0.0;
@@ -186,10 +206,14 @@ fn run(tokens: bool) {
                 phase2.push(rss);
             }
             println!(
-                "| {} | {len} | {} | {rss:.1} | {:.0} |",
+                "| {} | {len} | {} | {}, {} | {rss:.1} | {:.0} | {:.1} + {:.1} |",
                 i + 1,
+                ex.cache().token_sets(),
                 evictions.get(),
-                (rss - baseline) * 1024.0 * 1024.0 / len.max(1) as f64
+                token_evictions.get(),
+                (rss - baseline) * 1024.0 * 1024.0 / len.max(1) as f64,
+                ex.cache().weight() as f64 / 1024.0 / 1024.0,
+                ex.cache().token_weight() as f64 / 1024.0 / 1024.0
             );
         }
     }

@@ -20,137 +20,278 @@
 //! entry is used only when the store cannot answer (a Redis outage), and then only
 //! within its `cache_ttl`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use prometheus::IntCounter;
 use quick_cache::sync::{Cache, PlaceholderGuard};
-use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
 use crate::mint::SignedJwt;
 use crate::session::Session;
 
-/// Default byte bound of the session cache.
+/// Default byte bound of the session cache (sessions and tokens together).
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
-/// A cached store answer: a session, or the knowledge that there is none.
-pub struct Entry {
-    /// The session, or `None` for a negative entry.
-    pub session: Option<Arc<Session>>,
-    /// When the value was read from the store.
-    pub fetched: Instant,
-    /// When the store's key expires, if it has an expiry: never trusted past it.
-    pub expires: Option<Instant>,
-    /// Tokens minted for this session, by audience and lifetime.
-    tokens: Mutex<Vec<CachedToken>>,
+/// Default byte bound of the token cache.
+pub const DEFAULT_TOKEN_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What a token set with one ES256 or EdDSA token typically weighs (for sizing).
+const TYPICAL_TOKEN_SET_BYTES: u64 = 800;
+
+/// Share of the cache quick_cache keeps for the keys of recently evicted entries (its
+/// default is 0.5). A ghost costs a slot; a quarter keeps the scan resistance they buy
+/// (a key that comes back soon re-enters as hot) at half the memory.
+const GHOST_ALLOCATION: f64 = 0.25;
+
+/// quick_cache options for `items` entries weighing `weight` in all.
+fn options(items: usize, weight: u64) -> quick_cache::Options {
+    OptionsBuilder::new()
+        .estimated_items_capacity(items)
+        .weight_capacity(weight)
+        .ghost_allocation(GHOST_ALLOCATION)
+        .build()
+        .unwrap_or_else(|e| unreachable!("constant cache options are valid: {e:?}"))
 }
 
-/// A token kept for reuse.
-#[derive(Clone)]
-pub(crate) struct CachedToken {
-    pub(crate) audience: Arc<str>,
-    pub(crate) ttl: Duration,
-    pub(crate) jwt: SignedJwt,
+/// Source of [`Entry`] serials: unique per entry for the life of the process.
+static SERIALS: AtomicU64 = AtomicU64::new(1);
+
+/// A cached store answer: a session, or the knowledge that there is none.
+///
+/// One heap block with the session inline (the session's JSON text is the other):
+/// a million cached sessions is a design point (docs/performance.md).
+pub struct Entry {
+    /// The session, or `None` for a negative entry.
+    session: Option<Session>,
+    /// When the value was read from the store, in nanoseconds after [`epoch`].
+    fetched: u64,
+    /// Milliseconds after `fetched` at which the store's key expires (never trusted past
+    /// it); [`NO_EXPIRY`] when the key has none. Expiries further out than ~49 days are
+    /// kept as ~49 days, which only makes the entry distrusted sooner.
+    expires_ms: u32,
+    /// Identifies this entry among every entry ever made: tokens are kept for an
+    /// entry's serial, so a token minted for one store read is never handed out with
+    /// another (for example after a revocation and a new session under the same key).
+    serial: u64,
 }
 
 impl Entry {
     /// A fresh entry read at `fetched`.
-    pub fn new(session: Option<Arc<Session>>, fetched: Instant) -> Self {
+    pub fn new(session: Option<Session>, fetched: Instant) -> Self {
         Self {
             session,
-            fetched,
-            expires: None,
-            tokens: Mutex::new(Vec::new()),
+            fetched: since_epoch(fetched),
+            expires_ms: NO_EXPIRY,
+            serial: SERIALS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     /// The same entry, no longer trusted once the store's key expires at `expires`.
     #[must_use]
     pub fn expiring(mut self, expires: Option<Instant>) -> Self {
-        self.expires = expires;
+        self.expires_ms = expires.map_or(NO_EXPIRY, |at| {
+            let ms = at.saturating_duration_since(self.fetched()).as_millis();
+            u32::try_from(ms)
+                .unwrap_or(NO_EXPIRY - 1)
+                .min(NO_EXPIRY - 1)
+        });
         self
+    }
+
+    /// The session, or `None` for "no such session".
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// When the store's key expires, if it has an expiry.
+    pub fn expires(&self) -> Option<Instant> {
+        (self.expires_ms != NO_EXPIRY)
+            .then(|| self.fetched() + Duration::from_millis(u64::from(self.expires_ms)))
+    }
+
+    /// When the value was read from the store.
+    pub fn fetched(&self) -> Instant {
+        epoch() + Duration::from_nanos(self.fetched)
     }
 
     /// How long ago it was read from the store.
     pub fn age(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.fetched)
-    }
-
-    /// A reusable token for `audience` and `ttl`, if `reusable` accepts it.
-    pub(crate) fn token(
-        &self,
-        audience: &str,
-        ttl: Duration,
-        reusable: impl Fn(&SignedJwt) -> bool,
-    ) -> Option<SignedJwt> {
-        let tokens = self.tokens.lock();
-        tokens
-            .iter()
-            .find(|t| &*t.audience == audience && t.ttl == ttl && reusable(&t.jwt))
-            .map(|t| t.jwt.clone())
-    }
-
-    /// Keeps `jwt` for reuse, replacing an older token of the same audience and ttl.
-    pub(crate) fn keep_token(&self, audience: Arc<str>, ttl: Duration, jwt: SignedJwt) {
-        let mut tokens = self.tokens.lock();
-        tokens.retain(|t| !(t.audience == audience && t.ttl == ttl));
-        // A session rarely talks to more than a few audiences; bound it anyway.
-        if tokens.len() >= MAX_TOKENS_PER_ENTRY {
-            tokens.remove(0);
-        }
-        // Grow one slot at a time: most sessions hold one token, and a first push would
-        // otherwise allocate room for four (~300 bytes more per cached session).
-        tokens.reserve_exact(1);
-        tokens.push(CachedToken { audience, ttl, jwt });
+        Duration::from_nanos(since_epoch(now).saturating_sub(self.fetched))
     }
 }
 
-/// Weighs entries by approximate size, with a floor that enforces the entry bound.
+/// The instant entry times count from (8 bytes a time instead of an `Instant`'s 16).
+/// Set when the first cache is made, before any lookup reads the clock.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Nanoseconds from [`epoch`] to `t` (0 for an instant before it).
+fn since_epoch(t: Instant) -> u64 {
+    nanos(t.saturating_duration_since(epoch()))
+}
+
+/// [`Entry::expires_ms`] of a key without expiry.
+const NO_EXPIRY: u32 = u32::MAX;
+
+/// A valid session, shared with the cache entry it was read into (no copy, no extra
+/// allocation per lookup).
+#[derive(Clone)]
+pub struct SessionRef(Arc<Entry>);
+
+impl SessionRef {
+    /// The session of `entry`, if it holds one.
+    pub(crate) fn of(entry: &Arc<Entry>) -> Option<Self> {
+        entry.session.is_some().then(|| Self(entry.clone()))
+    }
+}
+
+impl std::ops::Deref for SessionRef {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        // Built only from entries that hold a session (`SessionRef::of`).
+        self.0
+            .session
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("SessionRef of an entry without a session"))
+    }
+}
+
+impl std::fmt::Debug for SessionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// Tokens kept for one session entry, by audience and lifetime.
+struct TokenSet {
+    /// The [`Entry::serial`] they were minted for.
+    serial: u64,
+    tokens: Vec<CachedToken>,
+}
+
+/// A token kept for reuse.
+#[derive(Clone)]
+struct CachedToken {
+    audience: Arc<str>,
+    ttl: Duration,
+    jwt: SignedJwt,
+}
+
+/// Bytes quick_cache spends on one cached item besides the key: its 40-byte slot (state,
+/// links, the value's pointer), its share of the index and of the ghost list of recently
+/// evicted keys, and allocator slack. Calibrated with benches/memory.rs, where a cached
+/// session costs ~270 bytes of RSS and weighs 272 (docs/performance.md).
+const SLOT_BYTES: u64 = 80;
+
+/// The block `Bytes` allocates the first time a token is cloned (its shared count).
+const SHARED_BYTES_BLOCK: u64 = 32;
+
+/// What a token set costs beyond its slot and blocks (the token cache's own index and
+/// ghosts are a larger share of its small entry count). Calibrated with
+/// benches/memory.rs: a set with one EdDSA token costs ~935 bytes of RSS, weighs 944.
+const TOKEN_SET_SLACK: u64 = 32;
+
+/// Bytes a heap block of `n` requested bytes occupies: the allocator's size class.
+/// mimalloc (the gateway's allocator) rounds to 8 bytes up to 64, then has four classes
+/// per doubling (80, 96, 112, 128, 160, …, 512, 640, …): a 540-byte token takes 640.
+const fn block(n: usize) -> u64 {
+    let n = n as u64;
+    if n <= 64 {
+        return (n + 7) & !7;
+    }
+    let step = 1u64 << ((63 - (n - 1).leading_zeros()) - 2);
+    (n + step - 1) & !(step - 1)
+}
+
+/// Weighs session entries by their size, with a floor that enforces the entry bound.
 #[derive(Clone)]
 pub struct EntryWeighter {
     floor: u64,
 }
 
-impl Weighter<[u8; 32], Arc<Entry>> for EntryWeighter {
-    fn weight(&self, _key: &[u8; 32], val: &Arc<Entry>) -> u64 {
-        // The weight of an entry may not change while it is cached, but tokens are added
-        // later: account for TOKENS_ACCOUNTED typical tokens up front (at most
-        // MAX_TOKENS_PER_ENTRY can be held, so the byte bound is exceeded by at most 2x
-        // in the worst case where every session talks to four audiences).
-        let base = 32 + 16 + std::mem::size_of::<Entry>() as u64 + 64;
-        let tokens = TOKENS_ACCOUNTED * TOKEN_BYTES;
-        let session = val.session.as_ref().map_or(0, |s| s.weight() as u64);
-        (base + tokens + session).max(self.floor)
+impl EntryWeighter {
+    /// The bytes an entry holds: the cache slot and key, the entry, the session and its
+    /// JSON text.
+    fn bytes(val: &Entry) -> u64 {
+        let session = val.session.as_ref().map_or(0, |s| block(s.heap_bytes()));
+        SLOT_BYTES + 16 + block(16 + std::mem::size_of::<Entry>()) + session
     }
 }
 
-/// Tokens a cache entry may hold (one per audience and lifetime).
+impl Weighter<Key, Arc<Entry>> for EntryWeighter {
+    fn weight(&self, _key: &Key, val: &Arc<Entry>) -> u64 {
+        Self::bytes(val).max(self.floor)
+    }
+}
+
+/// Weighs token sets by their size.
+#[derive(Clone)]
+struct TokenWeighter;
+
+impl Weighter<Key, Arc<TokenSet>> for TokenWeighter {
+    fn weight(&self, _key: &Key, val: &Arc<TokenSet>) -> u64 {
+        let tokens: u64 = val
+            .tokens
+            .iter()
+            .map(|t| block(t.jwt.bearer().len()) + SHARED_BYTES_BLOCK)
+            .sum();
+        SLOT_BYTES
+            + TOKEN_SET_SLACK
+            + 16
+            + block(16 + std::mem::size_of::<TokenSet>())
+            + block(val.tokens.len() * std::mem::size_of::<CachedToken>())
+            + tokens
+    }
+}
+
+/// Tokens kept per session (one per audience and lifetime).
 pub const MAX_TOKENS_PER_ENTRY: usize = 4;
-/// Tokens accounted in an entry's weight.
-const TOKENS_ACCOUNTED: u64 = 2;
-/// Approximate bytes of one cached token (the JWT text and its bookkeeping).
-const TOKEN_BYTES: u64 = 700;
 
 /// Counts evictions (entries pushed out by the size bounds).
 #[derive(Clone)]
 pub struct EvictionCounter(IntCounter);
 
-impl Lifecycle<[u8; 32], Arc<Entry>> for EvictionCounter {
+impl<V> Lifecycle<Key, V> for EvictionCounter {
     type RequestState = ();
 
     fn begin_request(&self) -> Self::RequestState {}
 
-    fn on_evict(&self, _state: &mut Self::RequestState, _key: [u8; 32], _val: Arc<Entry>) {
+    fn on_evict(&self, _state: &mut Self::RequestState, _key: Key, _val: V) {
         self.0.inc();
     }
 }
 
-type Inner = Cache<[u8; 32], Arc<Entry>, EntryWeighter, DefaultHashBuilder, EvictionCounter>;
+/// The key entries are cached under: the first 128 bits of the cookie's SHA-256.
+///
+/// Half the digest halves what the key costs in every slot. 128 bits still make a
+/// collision between two honest sessions negligible (~2^-89 among a million), and an
+/// attacker who wants to be answered with someone else's session must find a cookie
+/// whose digest shares a prefix with the victim's unknown one: a 2^128 search.
+///
+/// Two `u64`s rather than a `u128`: a `u128` is 16-byte aligned and would pad every
+/// slot of the cache to 64 bytes instead of 40.
+pub type Key = [u64; 2];
+
+/// The cache key of a cookie digest.
+pub fn key(digest: &[u8; 32]) -> Key {
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&digest[i..i + 8]);
+        u64::from_le_bytes(w)
+    };
+    [word(0), word(8)]
+}
+
+type Inner = Cache<Key, Arc<Entry>, EntryWeighter, DefaultHashBuilder, EvictionCounter>;
+type Tokens = Cache<Key, Arc<TokenSet>, TokenWeighter, DefaultHashBuilder, EvictionCounter>;
 /// A claim on loading one key: other lookups of the same key wait for it.
 pub type LoadGuard<'a> =
-    PlaceholderGuard<'a, [u8; 32], Arc<Entry>, EntryWeighter, DefaultHashBuilder, EvictionCounter>;
+    PlaceholderGuard<'a, Key, Arc<Entry>, EntryWeighter, DefaultHashBuilder, EvictionCounter>;
 
 /// Number of invalidation generation buckets (indexed by the first digest byte).
 const GENERATION_BUCKETS: usize = 256;
@@ -163,6 +304,9 @@ const GENERATION_BUCKETS: usize = 256;
 /// a load inserts only if its bucket's generation did not move while it was in flight.
 pub struct SessionCache {
     inner: Option<Inner>,
+    /// Tokens by session key, in their own share of the byte bound: a session stays
+    /// cached when its tokens are evicted (the next request re-mints).
+    tokens: Option<Tokens>,
     /// Trust window of positive entries, in nanoseconds (changes on reload).
     ttl_nanos: AtomicU64,
     /// Trust window of negative entries, in nanoseconds.
@@ -215,27 +359,45 @@ pub enum Probe<'a> {
 }
 
 impl SessionCache {
-    /// A cache holding at most `max_entries` entries and `max_bytes` bytes.
-    /// A zero `ttl` disables it.
+    /// A cache holding at most `max_entries` sessions in at most `max_bytes` bytes, and
+    /// their tokens in at most `token_max_bytes` more. A zero `ttl` disables it.
+    /// `evictions` and `token_evictions` count what each bound pushes out.
     pub fn new(
         ttl: Duration,
         negative_ttl: Duration,
         max_entries: usize,
         max_bytes: u64,
+        token_max_bytes: u64,
         evictions: IntCounter,
+        token_evictions: IntCounter,
     ) -> Self {
-        let inner = (!ttl.is_zero() && max_entries > 0).then(|| {
-            let floor = (max_bytes / max_entries as u64).max(1);
-            Cache::with(
-                max_entries,
-                max_bytes,
+        // Entry times count from the epoch: fix it before any lookup reads the clock.
+        epoch();
+        let enabled = !ttl.is_zero() && max_entries > 0;
+        let inner = enabled.then(|| {
+            // Rounded up, so that max_bytes / floor never exceeds max_entries.
+            let floor = max_bytes.div_ceil(max_entries as u64).max(1);
+            Cache::with_options(
+                options(max_entries, max_bytes),
                 EntryWeighter { floor },
                 DefaultHashBuilder::default(),
                 EvictionCounter(evictions),
             )
         });
+        let tokens = (enabled && token_max_bytes > 0).then(|| {
+            let estimate = usize::try_from(token_max_bytes / TYPICAL_TOKEN_SET_BYTES)
+                .unwrap_or(usize::MAX)
+                .clamp(1, max_entries);
+            Cache::with_options(
+                options(estimate, token_max_bytes),
+                TokenWeighter,
+                DefaultHashBuilder::default(),
+                EvictionCounter(token_evictions),
+            )
+        });
         Self {
             inner,
+            tokens,
             ttl_nanos: AtomicU64::new(nanos(ttl)),
             negative_ttl_nanos: AtomicU64::new(nanos(negative_ttl.min(ttl))),
             generations: (0..GENERATION_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
@@ -282,8 +444,8 @@ impl SessionCache {
         self.push.allows(now)
     }
 
-    fn bucket(&self, key: &[u8; 32]) -> &AtomicU64 {
-        &self.generations[usize::from(key[0]) % GENERATION_BUCKETS]
+    fn bucket(&self, digest: &[u8; 32]) -> &AtomicU64 {
+        &self.generations[usize::from(digest[0]) % GENERATION_BUCKETS]
     }
 
     /// The invalidation generation of `key`'s bucket; read it before a store read.
@@ -334,26 +496,26 @@ impl SessionCache {
     /// Whether `entry` may still be trusted at `now`: younger than its trust window and
     /// its store key not yet expired.
     pub fn is_trusted(&self, entry: &Entry, now: Instant) -> bool {
-        entry.age(now) < self.trust(entry) && entry.expires.is_none_or(|at| now < at)
+        entry.age(now) < self.trust(entry) && entry.expires().is_none_or(|at| now < at)
     }
 
     /// Looks `key` up. A trusted entry is a hit; otherwise the caller gets a guard to
     /// load it (other callers for the same key wait for that load), and the untrusted
     /// entry it replaces, if any.
-    pub async fn probe(&self, key: &[u8; 32], now: Instant) -> Probe<'_> {
+    pub async fn probe(&self, digest: &[u8; 32], now: Instant) -> Probe<'_> {
         let Some(inner) = &self.inner else {
             return Probe::Load(None, None);
         };
         if !self.push.allows(now) {
-            return Probe::Bypass(inner.peek(key));
+            return Probe::Bypass(inner.peek(&key(digest)));
         }
         let mut stale = None;
         loop {
-            match inner.get_value_or_guard_async(key).await {
+            match inner.get_value_or_guard_async(&key(digest)).await {
                 Ok(entry) if self.is_trusted(&entry, now) => return Probe::Hit(entry),
                 Ok(entry) => {
                     // Drop the untrusted entry, then race to load it again.
-                    inner.remove_if(key, |v| Arc::ptr_eq(v, &entry));
+                    inner.remove_if(&key(digest), |v| Arc::ptr_eq(v, &entry));
                     stale = Some(entry);
                 }
                 Err(guard) => return Probe::Load(Some(guard), stale),
@@ -362,22 +524,26 @@ impl SessionCache {
     }
 
     /// The entry for `key` whatever its age (used to tell "revoked" from "missing").
-    pub fn peek(&self, key: &[u8; 32]) -> Option<Arc<Entry>> {
-        self.inner.as_ref().and_then(|c| c.peek(key))
+    pub fn peek(&self, digest: &[u8; 32]) -> Option<Arc<Entry>> {
+        self.inner.as_ref().and_then(|c| c.peek(&key(digest)))
     }
 
     /// Inserts or replaces an entry.
-    pub fn insert(&self, key: [u8; 32], entry: Arc<Entry>) {
+    pub fn insert(&self, digest: [u8; 32], entry: Arc<Entry>) {
         if let Some(inner) = &self.inner {
-            inner.insert(key, entry);
+            inner.insert(key(&digest), entry);
         }
     }
 
     /// Drops the entry for `key` and with it every token minted for it; loads of `key`
     /// already in flight will not be cached.
-    pub fn invalidate(&self, key: &[u8; 32]) -> bool {
-        self.bucket(key).fetch_add(1, Ordering::AcqRel);
-        self.inner.as_ref().and_then(|c| c.remove(key)).is_some()
+    pub fn invalidate(&self, digest: &[u8; 32]) -> bool {
+        self.bucket(digest).fetch_add(1, Ordering::AcqRel);
+        let key = key(digest);
+        if let Some(tokens) = &self.tokens {
+            tokens.remove(&key);
+        }
+        self.inner.as_ref().and_then(|c| c.remove(&key)).is_some()
     }
 
     /// Drops everything; loads in flight will not be cached.
@@ -388,17 +554,95 @@ impl SessionCache {
         if let Some(inner) = &self.inner {
             inner.clear();
         }
+        if let Some(tokens) = &self.tokens {
+            tokens.clear();
+        }
     }
 
-    /// Number of cached entries.
+    /// Number of cached entries (sessions and negative entries).
     pub fn len(&self) -> usize {
         self.inner.as_ref().map_or(0, Cache::len)
     }
 
-    /// Total weight of the cached entries: their approximate size in bytes (at least
-    /// `max_bytes / max_entries` each).
+    /// Number of sessions holding cached tokens.
+    pub fn token_sets(&self) -> usize {
+        self.tokens.as_ref().map_or(0, Cache::len)
+    }
+
+    /// Total weight of the cached sessions: their approximate size in bytes (an entry
+    /// counts at least `max_bytes / max_entries`, see [`SessionCache::new`]).
     pub fn weight(&self) -> u64 {
         self.inner.as_ref().map_or(0, Cache::weight)
+    }
+
+    /// Total weight of the kept tokens, in bytes.
+    pub fn token_weight(&self) -> u64 {
+        self.tokens.as_ref().map_or(0, Cache::weight)
+    }
+
+    /// A reusable token kept for `entry` (cached under `digest`) for `audience` and `ttl`,
+    /// if `reusable` accepts it.
+    pub(crate) fn token(
+        &self,
+        digest: &[u8; 32],
+        entry: &Entry,
+        audience: &str,
+        ttl: Duration,
+        reusable: impl Fn(&SignedJwt) -> bool,
+    ) -> Option<SignedJwt> {
+        let set = self.tokens.as_ref()?.get(&key(digest))?;
+        if set.serial != entry.serial {
+            return None;
+        }
+        set.tokens
+            .iter()
+            .find(|t| &*t.audience == audience && t.ttl == ttl && reusable(&t.jwt))
+            .map(|t| t.jwt.clone())
+    }
+
+    /// Keeps `jwt` for reuse with `entry`, replacing an older token of the same audience
+    /// and ttl, if `entry` is still the one cached under `digest` (a revoked or replaced
+    /// entry gets no tokens).
+    pub(crate) fn keep_token(
+        &self,
+        digest: [u8; 32],
+        entry: &Arc<Entry>,
+        audience: Arc<str>,
+        ttl: Duration,
+        jwt: SignedJwt,
+    ) {
+        let (Some(inner), Some(tokens)) = (&self.inner, &self.tokens) else {
+            return;
+        };
+        let key = key(&digest);
+        if !inner
+            .peek(&key)
+            .is_some_and(|cached| Arc::ptr_eq(&cached, entry))
+        {
+            return;
+        }
+        let mut kept: Vec<CachedToken> = Vec::with_capacity(1);
+        if let Some(set) = tokens.peek(&key).filter(|set| set.serial == entry.serial) {
+            kept.extend(
+                set.tokens
+                    .iter()
+                    .filter(|t| !(t.audience == audience && t.ttl == ttl))
+                    .cloned(),
+            );
+            // A session rarely talks to more than a few audiences; bound it anyway.
+            if kept.len() >= MAX_TOKENS_PER_ENTRY {
+                kept.remove(0);
+            }
+        }
+        kept.push(CachedToken { audience, ttl, jwt });
+        kept.shrink_to_fit();
+        tokens.insert(
+            key,
+            Arc::new(TokenSet {
+                serial: entry.serial,
+                tokens: kept,
+            }),
+        );
     }
 
     /// Whether the cache holds nothing.
@@ -426,6 +670,8 @@ mod tests {
             Duration::from_millis(ttl_ms / 2),
             1000,
             DEFAULT_MAX_BYTES,
+            DEFAULT_TOKEN_MAX_BYTES,
+            counter(),
             counter(),
         )
     }
@@ -459,6 +705,8 @@ mod tests {
             Duration::ZERO,
             10,
             DEFAULT_MAX_BYTES,
+            DEFAULT_TOKEN_MAX_BYTES,
+            counter(),
             counter(),
         );
         assert!(!c.is_enabled());
@@ -477,7 +725,9 @@ mod tests {
             Duration::from_secs(1),
             100,
             DEFAULT_MAX_BYTES,
+            DEFAULT_TOKEN_MAX_BYTES,
             evictions.clone(),
+            counter(),
         );
         let now = Instant::now();
         for i in 0..1000u32 {
@@ -498,6 +748,8 @@ mod tests {
             Duration::from_secs(1),
             10_000,
             64 * 1024,
+            0,
+            counter(),
             counter(),
         );
         let now = Instant::now();
@@ -506,8 +758,10 @@ mod tests {
             key[..4].copy_from_slice(&i.to_le_bytes());
             c.insert(key, Arc::new(Entry::new(None, now)));
         }
-        let per_entry = 32 + 16 + std::mem::size_of::<Entry>() + 64 + 2 * 700;
-        assert!(c.len() * per_entry <= 64 * 1024, "len {}", c.len());
+        let per_entry = EntryWeighter::bytes(&Entry::new(None, now));
+        assert!(c.len() as u64 * per_entry <= 64 * 1024, "len {}", c.len());
+        assert!(c.weight() <= 64 * 1024, "weight {}", c.weight());
+        assert!(c.len() as u64 * per_entry >= 32 * 1024, "len {}", c.len());
     }
 
     #[tokio::test]
@@ -566,6 +820,155 @@ mod tests {
         c.retire_push();
         c.confirm_until(t0 + Duration::from_secs(10));
         assert!(matches!(c.probe(&key, t0).await, Probe::Bypass(_)));
+    }
+
+    fn session() -> Session {
+        let token = crate::SessionToken::parse("abcdefghijklmnopqrstuvwxyz012345").unwrap();
+        let settings = crate::SessionSettings::default();
+        crate::session::record::decode(br#"{"sub":"u-1","roles":["a"]}"#, &token, &settings)
+            .unwrap()
+    }
+
+    #[test]
+    fn blocks_round_to_the_allocators_size_classes() {
+        let cases = [
+            (0, 0),
+            (1, 8),
+            (64, 64),
+            (65, 80),
+            (80, 80),
+            (81, 96),
+            (129, 160),
+        ];
+        for (n, class) in cases {
+            assert_eq!(block(n), class, "{n}");
+        }
+        assert_eq!(block(512), 512);
+        assert_eq!(block(513), 640);
+        assert_eq!(block(542), 640);
+        assert_eq!(block(1025), 1280);
+    }
+
+    #[test]
+    fn an_entry_is_one_small_block() {
+        // The layout a million cached sessions is sized by (docs/performance.md): keep
+        // it from growing unnoticed.
+        assert!(
+            std::mem::size_of::<Entry>() <= 80,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+        let t0 = Instant::now();
+        let e = Entry::new(None, t0).expiring(Some(t0 + Duration::from_millis(1500)));
+        assert_eq!(e.expires(), Some(e.fetched() + Duration::from_millis(1500)));
+        assert!(e.fetched() <= t0 && t0 - e.fetched() < Duration::from_micros(1));
+        let far = Entry::new(None, t0).expiring(Some(t0 + Duration::from_secs(100 * 86_400)));
+        assert!(
+            far.expires().unwrap() < t0 + Duration::from_secs(50 * 86_400),
+            "kept as ~49 days"
+        );
+        assert_eq!(Entry::new(None, t0).expires(), None);
+    }
+
+    #[test]
+    fn tokens_belong_to_the_entry_they_were_minted_for() {
+        let c = cache(60_000);
+        let key = [5u8; 32];
+        let now = Instant::now();
+        let any = |_: &SignedJwt| true;
+        let keep = |e: &Arc<Entry>, aud: &str, ttl: u64, text: &str| {
+            let jwt = SignedJwt::fake(text, 0, ttl);
+            c.keep_token(key, e, aud.into(), Duration::from_secs(ttl), jwt);
+        };
+        let first = Arc::new(Entry::new(Some(session()), now));
+        c.insert(key, first.clone());
+        keep(&first, "orders", 300, "t1");
+        keep(&first, "pay", 60, "t2");
+        let got = |e: &Entry, aud: &str, ttl: u64| {
+            c.token(&key, e, aud, Duration::from_secs(ttl), any)
+                .map(|t| t.jwt().to_owned())
+        };
+        assert_eq!(got(&first, "orders", 300).as_deref(), Some("t1"));
+        assert_eq!(got(&first, "pay", 60).as_deref(), Some("t2"));
+        assert_eq!(got(&first, "orders", 60), None, "another lifetime");
+        assert!(
+            c.token(&key, &first, "orders", Duration::from_secs(300), |_| false)
+                .is_none()
+        );
+        // Replacing one audience's token keeps the other.
+        keep(&first, "orders", 300, "t3");
+        assert_eq!(got(&first, "orders", 300).as_deref(), Some("t3"));
+        assert_eq!(got(&first, "pay", 60).as_deref(), Some("t2"));
+        assert_eq!(c.token_sets(), 1);
+
+        // A new store read under the same key (a new session after a revocation) never
+        // sees the old entry's tokens, and the old entry can no longer keep any.
+        let second = Arc::new(Entry::new(Some(session()), now));
+        c.insert(key, second.clone());
+        assert_eq!(got(&second, "orders", 300), None);
+        keep(&first, "orders", 300, "old");
+        assert_eq!(got(&second, "orders", 300), None);
+        assert_eq!(
+            got(&first, "orders", 300).as_deref(),
+            Some("t3"),
+            "the set is untouched"
+        );
+        keep(&second, "orders", 300, "t4");
+        assert_eq!(got(&second, "orders", 300).as_deref(), Some("t4"));
+        assert_eq!(got(&first, "orders", 300), None);
+
+        // Invalidation drops the tokens with the session.
+        assert!(c.invalidate(&key));
+        assert_eq!(c.token_sets(), 0);
+        assert_eq!(got(&second, "orders", 300), None);
+    }
+
+    #[test]
+    fn token_eviction_keeps_the_sessions() {
+        // 1 MiB for 4 KiB tokens: ~250 fit.
+        let token_evictions = counter();
+        let c = SessionCache::new(
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+            10_000,
+            4 * 1024 * 1024,
+            1024 * 1024,
+            counter(),
+            token_evictions.clone(),
+        );
+        let now = Instant::now();
+        let big = "x".repeat(4096);
+        for i in 0..1000u32 {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            let entry = Arc::new(Entry::new(Some(session()), now));
+            c.insert(key, entry.clone());
+            c.keep_token(
+                key,
+                &entry,
+                "a".into(),
+                Duration::from_secs(300),
+                SignedJwt::fake(&big, 0, 300),
+            );
+        }
+        assert_eq!(c.len(), 1000, "every session stays cached");
+        assert!(c.token_sets() < 300, "token sets {}", c.token_sets());
+        assert!(c.token_sets() > 100, "token sets {}", c.token_sets());
+        assert!(
+            token_evictions.get() >= 700,
+            "evictions {}",
+            token_evictions.get()
+        );
+        assert!(
+            c.token_weight() <= 1024 * 1024,
+            "weight {}",
+            c.token_weight()
+        );
+        assert!(
+            c.token_weight() >= 900 * 1024,
+            "weight {}",
+            c.token_weight()
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub use metrics::Metrics;
 pub use mint::{Audience, Minter, SignedJwt};
 pub use session::{Session, SessionLookup, SessionSettings, Sid, Source};
 
+pub use cache::SessionRef;
 use cache::{Entry, Probe, SessionCache};
 use session::record::{self, redis_key};
 use store::SessionStore;
@@ -62,6 +63,8 @@ pub struct Resolved {
     /// Unix time at which the session was confirmed live in the store, for `chk`.
     pub confirmed_at: Option<u64>,
     entry: Option<Arc<Entry>>,
+    /// The cache key (the cookie's digest) the entry belongs to.
+    key: [u8; 32],
     live: bool,
 }
 
@@ -86,8 +89,10 @@ impl Exchange {
             settings.cache_ttl,
             settings.negative_cache_ttl,
             settings.cache_max_entries,
-            cache::DEFAULT_MAX_BYTES,
+            settings.cache_max_bytes,
+            settings.token_cache_max_bytes,
             metrics.session_cache.with_label_values(&["eviction"]),
+            metrics.session_cache.with_label_values(&["token_eviction"]),
         );
         Self {
             store,
@@ -119,6 +124,12 @@ impl Exchange {
         let mut not_applied = Vec::new();
         if new.cache_max_entries != old.cache_max_entries {
             not_applied.push("session.cache_max_entries");
+        }
+        if new.cache_max_bytes != old.cache_max_bytes {
+            not_applied.push("session.cache_max_bytes");
+        }
+        if new.token_cache_max_bytes != old.token_cache_max_bytes {
+            not_applied.push("session.token_cache_max_bytes");
         }
         if !self.cache.is_enabled() && !new.cache_ttl.is_zero() {
             not_applied.push("session.cache_ttl (the cache was disabled at start)");
@@ -208,7 +219,7 @@ impl Exchange {
                 self.metrics
                     .cached_session_age
                     .observe(entry.age(now).as_secs_f64());
-                Ok(classify(entry, None, Source::Cache, unix, false))
+                Ok(classify(*key, entry, None, Source::Cache, unix, false))
             }
             Probe::Load(guard, stale) => {
                 if self.cache.is_enabled() {
@@ -220,7 +231,7 @@ impl Exchange {
                 let generation = self.cache.generation(key);
                 let entry = Arc::new(self.fetch(token, now).await?);
                 self.insert_fetched(*key, &entry, generation, guard);
-                Ok(classify(entry, stale, Source::Redis, unix, false))
+                Ok(classify(*key, entry, stale, Source::Redis, unix, false))
             }
             Probe::Bypass(cached) => self.lookup_bypassing(token, cached, now, unix).await,
         }
@@ -246,7 +257,7 @@ impl Exchange {
             Ok(entry) => {
                 let entry = Arc::new(entry);
                 self.insert_fetched(*key, &entry, generation, None);
-                Ok(classify(entry, cached, Source::Redis, unix, false))
+                Ok(classify(*key, entry, cached, Source::Redis, unix, false))
             }
             Err(e) if e.is_unavailable() => {
                 // Redis is unreachable: SPEC lets a cached session no older than
@@ -261,7 +272,7 @@ impl Exchange {
                 self.metrics
                     .cached_session_age
                     .observe(entry.age(now).as_secs_f64());
-                Ok(classify(entry, None, Source::Cache, unix, false))
+                Ok(classify(*key, entry, None, Source::Cache, unix, false))
             }
             Err(e) => {
                 self.cache.invalidate(key);
@@ -296,7 +307,7 @@ impl Exchange {
         // Refresh the cache with what the store just said; a deleted session takes its
         // cached tokens with it.
         self.insert_fetched(*key, &entry, generation, None);
-        let resolved = classify(entry, previous, Source::Redis, unix, true);
+        let resolved = classify(*key, entry, previous, Source::Redis, unix, true);
         self.metrics
             .critical_checks
             .with_label_values(&[resolved.lookup.result_label()])
@@ -337,9 +348,7 @@ impl Exchange {
             return Ok(Entry::new(None, now));
         };
         match record::decode(&value, token, &settings) {
-            Ok(session) => {
-                Ok(Entry::new(Some(Arc::new(session)), now).expiring(ttl.map(|t| now + t)))
-            }
+            Ok(session) => Ok(Entry::new(Some(session), now).expiring(ttl.map(|t| now + t))),
             Err(e) => Err(Error::Corrupt {
                 key_hint: format!("{}{}…", settings.key_prefix, &key_hint(token)),
                 reason: e.to_string(),
@@ -377,32 +386,37 @@ impl Exchange {
             let reusable = |jwt: &SignedJwt| {
                 jwt.more_than_half_left(now) && keyset.is_published(jwt.kid().as_str())
             };
-            if let Some(jwt) = entry.token(audience.as_str(), ttl, reusable) {
+            if let Some(jwt) =
+                self.cache
+                    .token(&resolved.key, entry, audience.as_str(), ttl, reusable)
+            {
                 self.metrics.token_cache.with_label_values(&["hit"]).inc();
                 return Ok(jwt);
             }
         }
         let jwt = self.minter.mint(session, audience, ttl, now, None)?;
         self.metrics.token_cache.with_label_values(&["miss"]).inc();
-        if let Some(entry) = resolved.entry.as_ref().filter(|_| self.cache.is_enabled()) {
-            entry.keep_token(audience.shared(), ttl, jwt.clone());
+        if let Some(entry) = &resolved.entry {
+            self.cache
+                .keep_token(resolved.key, entry, audience.shared(), ttl, jwt.clone());
         }
         Ok(jwt)
     }
 }
 
 fn classify(
+    key: [u8; 32],
     entry: Arc<Entry>,
     previous: Option<Arc<Entry>>,
     source: Source,
     unix: u64,
     live: bool,
 ) -> Resolved {
-    let lookup = match &entry.session {
-        Some(s) if s.is_expired(unix) => SessionLookup::Expired,
-        Some(s) => SessionLookup::Valid(s.clone()),
-        None if previous.is_some_and(|p| p.session.is_some()) => SessionLookup::Revoked,
-        None => SessionLookup::Missing,
+    let lookup = match (entry.session(), SessionRef::of(&entry)) {
+        (Some(s), _) if s.is_expired(unix) => SessionLookup::Expired,
+        (_, Some(s)) => SessionLookup::Valid(s),
+        _ if previous.is_some_and(|p| p.session().is_some()) => SessionLookup::Revoked,
+        _ => SessionLookup::Missing,
     };
     let confirmed_at = (source == Source::Redis).then_some(unix);
     Resolved {
@@ -410,6 +424,7 @@ fn classify(
         source,
         confirmed_at,
         entry: Some(entry),
+        key,
         live,
     }
 }

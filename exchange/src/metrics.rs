@@ -127,7 +127,7 @@ impl Metrics {
             session_cache: IntCounterVec::new(
                 Opts::new(
                     "sessiongate_session_cache_events_total",
-                    "Session cache events: hit, miss, bypass (the push channel could not vouch for the cache), outage_fallback (a cached session answered while Redis was unreachable), eviction, invalidation, flush, raced_invalidation.",
+                    "Session cache events: hit, miss, bypass (the push channel could not vouch for the cache), outage_fallback (a cached session answered while Redis was unreachable), eviction, token_eviction (a kept token pushed out by the token bound), invalidation, flush, raced_invalidation.",
                 ),
                 &["event"],
             )
@@ -176,11 +176,14 @@ impl Metrics {
 }
 
 /// The session cache's size, read when metrics are scraped:
-/// `sessiongate_session_cache_entries` and `sessiongate_session_cache_bytes`.
+/// `sessiongate_session_cache_entries`, `sessiongate_session_cache_bytes`,
+/// `sessiongate_token_cache_entries` and `sessiongate_token_cache_bytes`.
 pub struct CacheSize {
     cache: Arc<SessionCache>,
     entries: IntGauge,
     bytes: IntGauge,
+    token_entries: IntGauge,
+    token_bytes: IntGauge,
 }
 
 impl CacheSize {
@@ -197,7 +200,17 @@ impl CacheSize {
             .unwrap(),
             bytes: IntGauge::new(
                 "sessiongate_session_cache_bytes",
-                "Approximate bytes held by the session cache, as counted against its byte bound.",
+                "Approximate bytes held by cached sessions, as counted against session.cache_max_bytes.",
+            )
+            .unwrap(),
+            token_entries: IntGauge::new(
+                "sessiongate_token_cache_entries",
+                "Sessions holding tokens kept for reuse.",
+            )
+            .unwrap(),
+            token_bytes: IntGauge::new(
+                "sessiongate_token_cache_bytes",
+                "Bytes held by tokens kept for reuse, as counted against session.token_cache_max_bytes.",
             )
             .unwrap(),
         }
@@ -208,6 +221,8 @@ impl Collector for CacheSize {
     fn desc(&self) -> Vec<&Desc> {
         let mut d = self.entries.desc();
         d.extend(self.bytes.desc());
+        d.extend(self.token_entries.desc());
+        d.extend(self.token_bytes.desc());
         d
     }
 
@@ -216,8 +231,14 @@ impl Collector for CacheSize {
             .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
         self.bytes
             .set(i64::try_from(self.cache.weight()).unwrap_or(i64::MAX));
+        self.token_entries
+            .set(i64::try_from(self.cache.token_sets()).unwrap_or(i64::MAX));
+        self.token_bytes
+            .set(i64::try_from(self.cache.token_weight()).unwrap_or(i64::MAX));
         let mut families = self.entries.collect();
         families.extend(self.bytes.collect());
+        families.extend(self.token_entries.collect());
+        families.extend(self.token_bytes.collect());
         families
     }
 }

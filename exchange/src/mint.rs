@@ -22,6 +22,8 @@ use crate::session::Session;
 use crate::session::record::json_string;
 
 const BEARER: &str = "Bearer ";
+/// Length of an ES256 or EdDSA signature (64 bytes) in base64url without padding.
+const SIGNATURE_CHARS: usize = 86;
 
 /// A JWT audience: the route's name for the service behind it, pre-serialized as JSON.
 #[derive(Clone, PartialEq, Eq)]
@@ -97,6 +99,19 @@ impl SignedJwt {
     pub fn more_than_half_left(&self, now: u64) -> bool {
         let lifetime = self.exp.saturating_sub(self.iat);
         self.exp.saturating_sub(now) * 2 > lifetime
+    }
+}
+
+#[cfg(test)]
+impl SignedJwt {
+    /// A token with a given text (not a signed JWT), for tests of what holds tokens.
+    pub(crate) fn fake(text: &str, iat: u64, exp: u64) -> Self {
+        Self {
+            bearer: Bytes::from(format!("{BEARER}{text}")),
+            kid: Kid::from("test"),
+            iat,
+            exp,
+        }
     }
 }
 
@@ -206,15 +221,17 @@ impl Minter {
     ) -> String {
         let mut c = String::with_capacity(
             160 + self.issuer_json.len()
-                + session.subject_json.len()
+                + session.subject_json().len()
                 + audience.json.len()
-                + session.claims_json.len(),
+                + session.claims_json().len(),
         );
         // Writing to a String cannot fail.
         let _ = write!(
             c,
             r#"{{"iss":{},"sub":{},"aud":{},"iat":{iat},"nbf":{iat},"exp":{exp},"jti":""#,
-            self.issuer_json, session.subject_json, audience.json,
+            self.issuer_json,
+            session.subject_json(),
+            audience.json,
         );
         self.jti.next_into(&mut c);
         c.push_str(r#"","sid":""#);
@@ -223,7 +240,7 @@ impl Minter {
         if let Some(chk) = chk {
             let _ = write!(c, r#","chk":{chk}"#);
         }
-        c.push_str(&session.claims_json);
+        c.push_str(session.claims_json());
         c.push('}');
         c
     }
@@ -232,13 +249,16 @@ impl Minter {
 /// Builds `Bearer <header>.<claims>.<signature>` with `key`.
 fn sign(key: &SigningKey, claims_json: &str) -> Result<String, Error> {
     let header = key.header_segment();
+    // Exactly the token's length (both algorithms sign with 64 bytes, 86 characters):
+    // cached tokens are weighed by their length, and hold no slack.
+    let claims_len = base64::encoded_len(claims_json.len(), false).unwrap_or(0);
     let mut out =
-        String::with_capacity(BEARER.len() + header.len() + 2 + claims_json.len() * 4 / 3 + 4 + 90);
+        String::with_capacity(BEARER.len() + header.len() + 1 + claims_len + 1 + SIGNATURE_CHARS);
     out.push_str(BEARER);
     out.push_str(header);
     out.push('.');
     URL_SAFE_NO_PAD.encode_string(claims_json.as_bytes(), &mut out);
-    let mut signature = String::with_capacity(90);
+    let mut signature = String::with_capacity(SIGNATURE_CHARS);
     key.sign_into(&out.as_bytes()[BEARER.len()..], &mut signature)
         .map_err(|source| Error::Sign {
             kid: key.kid().to_string(),

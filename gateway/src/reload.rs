@@ -200,13 +200,15 @@ pub fn applied(running: &Config, new: Config) -> Config {
     applied.log.clone_from(&running.log);
     applied.session.push_invalidation = running.session.push_invalidation;
     applied.session.cache_max_entries = running.session.cache_max_entries;
+    applied.session.cache_max_bytes = running.session.cache_max_bytes;
+    applied.session.token_cache_max_bytes = running.session.token_cache_max_bytes;
     applied
 }
 
 /// Config keys that differ between `old` and `new` and only take effect on restart.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
-    let checks: [(&'static str, bool); 13] = [
+    let checks: [(&'static str, bool); 15] = [
         ("server.listen", old.server.listen != new.server.listen),
         (
             "server.admin_listen",
@@ -237,6 +239,14 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         (
             "session.cache_max_entries",
             old.session.cache_max_entries != new.session.cache_max_entries,
+        ),
+        (
+            "session.cache_max_bytes",
+            old.session.cache_max_bytes != new.session.cache_max_bytes,
+        ),
+        (
+            "session.token_cache_max_bytes",
+            old.session.token_cache_max_bytes != new.session.token_cache_max_bytes,
         ),
     ];
     for (name, changed) in checks {

@@ -126,6 +126,8 @@ pub fn session_settings(config: &Config) -> SessionSettings {
         cache_ttl: config.session.cache_ttl,
         negative_cache_ttl: config.session.negative_cache_ttl,
         cache_max_entries: config.session.cache_max_entries,
+        cache_max_bytes: config.session.cache_max_bytes,
+        token_cache_max_bytes: config.session.token_cache_max_bytes,
         subject_field: config.session.subject_field.clone(),
         claims: config.session.claims.clone(),
     }

@@ -118,24 +118,19 @@ pub fn decode(
         Some(raw) => Some(serde_json::from_str::<u64>(raw.get()).map_err(|_| RecordError::BadExp)?),
     };
 
-    let mut claims_json = String::new();
+    // The subject literal, then the claim pairs: one buffer, the session's only heap block.
+    let mut json = json_string(&subject);
+    let subject_end = json.len();
     for name in &settings.claims {
         if let Some(raw) = fields.get(name.as_str()) {
-            claims_json.push(',');
+            json.push(',');
             // A claim name from the config is a plain string; serde_json escapes it.
-            claims_json.push_str(&json_string(name));
-            claims_json.push(':');
-            claims_json.push_str(raw.get());
+            json.push_str(&json_string(name));
+            json.push(':');
+            json.push_str(raw.get());
         }
     }
-
-    Ok(Session {
-        subject_json: json_string(&subject).into_boxed_str(),
-        subject: subject.into_owned().into_boxed_str(),
-        exp,
-        sid: Sid::derive(token),
-        claims_json: claims_json.into_boxed_str(),
-    })
+    Ok(Session::new(json, subject_end, exp, Sid::derive(token)))
 }
 
 /// Serializes `s` as a JSON string literal (quoted and escaped).
@@ -219,9 +214,9 @@ mod tests {
         for (input, expected) in cases {
             let got = decode(input.as_bytes(), &t, &s).map(|sess| {
                 (
-                    sess.subject.to_string(),
-                    sess.exp,
-                    sess.claims_json.to_string(),
+                    sess.subject().into_owned(),
+                    sess.exp(),
+                    sess.claims_json().to_owned(),
                 )
             });
             let expected = expected
@@ -280,6 +275,6 @@ mod tests {
             ..SessionSettings::default()
         };
         let sess = decode(br#"{"user_id":"u-7","sub":"ignored"}"#, &token(), &s).unwrap();
-        assert_eq!(&*sess.subject, "u-7");
+        assert_eq!(sess.subject(), "u-7");
     }
 }

@@ -113,6 +113,10 @@ pub struct SessionConfig {
     pub negative_cache_ttl: Duration,
     /// Most sessions held in the cache (at least 1).
     pub cache_max_entries: usize,
+    /// Most bytes cached sessions hold (at least 1 MiB).
+    pub cache_max_bytes: u64,
+    /// Most bytes cached tokens hold (0: none kept).
+    pub token_cache_max_bytes: u64,
     /// Whether Redis pushes session-key invalidations to the cache.
     pub push_invalidation: bool,
     /// Session field that becomes the JWT `sub` (non-empty).
@@ -347,6 +351,8 @@ impl From<&Config> for ConfigDto {
                 cache_ttl: c.session.cache_ttl,
                 negative_cache_ttl: c.session.negative_cache_ttl,
                 cache_max_entries: c.session.cache_max_entries,
+                cache_max_bytes: bytesize::ByteSize::b(c.session.cache_max_bytes),
+                token_cache_max_bytes: bytesize::ByteSize::b(c.session.token_cache_max_bytes),
                 push_invalidation: c.session.push_invalidation,
                 subject_field: c.session.subject_field.clone(),
                 claims: c.session.claims.clone(),
@@ -571,6 +577,8 @@ upstreams = ["127.0.0.1:9001"]
                 negative_cache_ttl: Duration::from_secs(1),
                 push_invalidation: true,
                 cache_max_entries: 100_000,
+                cache_max_bytes: exchange::cache::DEFAULT_MAX_BYTES,
+                token_cache_max_bytes: exchange::cache::DEFAULT_TOKEN_MAX_BYTES,
                 subject_field: "sub".into(),
                 claims: vec!["roles".into(), "email".into()],
                 forward_cookie: false,
@@ -639,6 +647,8 @@ hashed_keys = false
 cache_ttl = "0s"
 negative_cache_ttl = "250ms"
 cache_max_entries = 10
+cache_max_bytes = "64MiB"
+token_cache_max_bytes = 0
 push_invalidation = false
 subject_field = "user_id"
 claims = []
@@ -710,6 +720,8 @@ auth = "none"
                 cache_ttl: Duration::ZERO,
                 negative_cache_ttl: Duration::from_millis(250),
                 cache_max_entries: 10,
+                cache_max_bytes: 64 * 1024 * 1024,
+                token_cache_max_bytes: 0,
                 push_invalidation: false,
                 subject_field: "user_id".into(),
                 claims: vec![],
@@ -836,6 +848,14 @@ auth = "none"
             (
                 "[session]\ncache_max_entries = 0",
                 "session.cache_max_entries",
+            ),
+            (
+                "[session]\ncache_max_bytes = \"100KiB\"",
+                "session.cache_max_bytes",
+            ),
+            (
+                "[session]\ncache_max_bytes = \"lots\"",
+                "session.cache_max_bytes",
             ),
             (
                 "[session]\nclaims = [\"roles\", \"exp\"]",

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 /// The whole file.
@@ -103,6 +104,12 @@ pub struct SessionDto {
     pub negative_cache_ttl: Duration,
     /// *Extension.* Most sessions held in the cache. Default `100000`.
     pub cache_max_entries: usize,
+    /// *Extension.* Most bytes cached sessions hold, as bytes or a size like
+    /// `"320MiB"`. Default `"256MiB"`.
+    pub cache_max_bytes: ByteSize,
+    /// *Extension.* Most bytes tokens kept for reuse hold; `0` keeps none. Default
+    /// `"64MiB"`.
+    pub token_cache_max_bytes: ByteSize,
     /// *Extension.* Whether Redis pushes session-key invalidations (`CLIENT TRACKING`),
     /// so revocations reach the cache in milliseconds. Default `true`.
     pub push_invalidation: bool,
@@ -233,6 +240,8 @@ impl Default for SessionDto {
             negative_cache_ttl: Duration::from_secs(1),
             push_invalidation: true,
             cache_max_entries: 100_000,
+            cache_max_bytes: ByteSize::b(exchange::cache::DEFAULT_MAX_BYTES),
+            token_cache_max_bytes: ByteSize::b(exchange::cache::DEFAULT_TOKEN_MAX_BYTES),
             subject_field: "sub".into(),
             claims: vec!["roles".into(), "email".into()],
             forward_cookie: false,

@@ -49,6 +49,9 @@ pub const REDIS_SCHEMES: &[&str] = &[
     "rediss-sentinel",
 ];
 
+/// Smallest `session.cache_max_bytes` accepted.
+const MIN_CACHE_BYTES: u64 = 1024 * 1024;
+
 /// Session fields that may not be copied into the JWT: the gateway sets these claims.
 pub const RESERVED_CLAIMS: &[&str] = &[
     "iss", "sub", "aud", "iat", "nbf", "exp", "jti", "sid", "chk",
@@ -618,6 +621,15 @@ fn session(dto: &ConfigDto, v: &mut Errors) -> SessionConfig {
     if s.cache_max_entries == 0 {
         v.push("session.cache_max_entries", "must be at least 1");
     }
+    if s.cache_max_bytes.as_u64() < MIN_CACHE_BYTES {
+        v.push(
+            "session.cache_max_bytes",
+            format!(
+                "must be at least 1MiB (got {})",
+                s.cache_max_bytes.display().iec()
+            ),
+        );
+    }
     if s.subject_field.is_empty() {
         v.push("session.subject_field", "must not be empty");
     }
@@ -653,6 +665,8 @@ fn session(dto: &ConfigDto, v: &mut Errors) -> SessionConfig {
         cache_ttl: s.cache_ttl,
         negative_cache_ttl: s.negative_cache_ttl,
         cache_max_entries: s.cache_max_entries,
+        cache_max_bytes: s.cache_max_bytes.as_u64(),
+        token_cache_max_bytes: s.token_cache_max_bytes.as_u64(),
         push_invalidation: s.push_invalidation,
         subject_field: s.subject_field.clone(),
         claims: s.claims.clone(),
