@@ -106,9 +106,11 @@ pub struct SessionDto {
     pub cache_max_entries: usize,
     /// *Extension.* Most bytes cached sessions hold, as bytes or a size like
     /// `"320MiB"`. Default `"256MiB"`.
+    #[serde(with = "size")]
     pub cache_max_bytes: ByteSize,
     /// *Extension.* Most bytes tokens kept for reuse hold; `0` keeps none. Default
     /// `"64MiB"`.
+    #[serde(with = "size")]
     pub token_cache_max_bytes: ByteSize,
     /// *Extension.* Whether Redis pushes session-key invalidations (`CLIENT TRACKING`),
     /// so revocations reach the cache in milliseconds. Default `true`.
@@ -343,9 +345,87 @@ mod duration {
     }
 }
 
+/// Byte sizes: an integer (bytes) or a string with a unit, like `"256MiB"`.
+mod size {
+    use bytesize::ByteSize;
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serialize, Serializer};
+
+    struct SizeVisitor;
+
+    impl Visitor<'_> for SizeVisitor {
+        type Value = ByteSize;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(r#"a size like "256MiB" or "1GiB" (KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000), or a number of bytes"#)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+            Ok(ByteSize::b(v))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+            u64::try_from(v)
+                .map(ByteSize::b)
+                .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+            v.parse()
+                .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        d.deserialize_any(SizeVisitor)
+    }
+
+    pub(super) fn serialize<S: Serializer>(v: &ByteSize, s: S) -> Result<S::Ok, S::Error> {
+        // IEC units, which parse back to the same number of bytes when it is a whole
+        // number of them; otherwise the exact byte count.
+        let text = v.display().iec().to_string();
+        match text.parse::<ByteSize>() {
+            Ok(back) if back == *v => s.serialize_str(&text),
+            _ => v.as_u64().serialize(s),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_and_print_back() {
+        #[derive(Deserialize, Serialize)]
+        struct S {
+            #[serde(with = "size")]
+            v: ByteSize,
+        }
+        let cases: &[(&str, u64, &str)] = &[
+            ("0", 0, r#"v = "0 B""#),
+            ("1048576", 1 << 20, r#"v = "1.0 MiB""#),
+            (r#""288MiB""#, 288 << 20, r#"v = "288.0 MiB""#),
+            (r#""1 GiB""#, 1 << 30, r#"v = "1.0 GiB""#),
+            (r#""64MB""#, 64_000_000, "v = 64000000"),
+            ("1000001", 1_000_001, "v = 1000001"),
+        ];
+        for (input, bytes, printed) in cases {
+            let s: S = toml::from_str(&format!("v = {input}")).unwrap();
+            assert_eq!(s.v.as_u64(), *bytes, "{input}");
+            let out = toml::to_string(&s).unwrap();
+            assert_eq!(out.trim(), *printed, "{input}");
+            let back: S = toml::from_str(&out).unwrap();
+            assert_eq!(back.v, s.v, "{input}");
+        }
+        for bad in [r#""lots""#, "-1", r#""12 parsecs""#] {
+            let err = toml::from_str::<S>(&format!("v = {bad}")).err().unwrap();
+            assert!(
+                err.to_string().contains(r#"a size like "256MiB""#),
+                "{bad}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn durations_format_and_parse_back() {
