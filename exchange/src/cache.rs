@@ -1,14 +1,18 @@
-//! The local session cache for non-critical routes, with the tokens minted for each session.
+//! The local session cache for non-critical routes, and the tokens kept for reuse.
 //!
-//! Entries are keyed by the SHA-256 of the cookie (never the cookie itself) and are
-//! trusted for at most `cache_ttl` after they were read from the store (`negative_cache_ttl`
-//! for "no such session"). Tokens hang off the session entry, so evicting or
-//! invalidating a session drops its tokens with it: a cached token is never handed
-//! out for a session the cache no longer trusts.
+//! Entries are keyed by the cookie's SHA-256 (never the cookie itself; see [`Key`]) and
+//! are trusted for at most `cache_ttl` after they were read from the store
+//! (`negative_cache_ttl` for "no such session").
 //!
-//! Memory is bounded by weight: each entry weighs its approximate size in bytes, but
-//! at least `max_bytes / max_entries`, so neither the byte bound nor the entry bound can
-//! be exceeded.
+//! Tokens live in a second cache under the same key, in their own byte bound, and belong
+//! to the [`Entry`] they were minted for (its serial): invalidating a session drops its
+//! tokens, and a token is never handed out with any other entry, so a token is never
+//! given for a session the cache no longer trusts. Evicting a token leaves its session
+//! cached (the next request mints).
+//!
+//! Memory is bounded by weight: each entry weighs its measured size in bytes (see
+//! `SLOT_BYTES` and docs/performance.md), but at least `max_bytes / max_entries`, so
+//! neither the byte bound nor the entry bound can be exceeded.
 //!
 //! An entry is also never trusted past the expiry of its Redis key (read with the value),
 //! so a key that expires naturally stops being trusted at once rather than when Redis
@@ -31,7 +35,7 @@ use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use crate::mint::SignedJwt;
 use crate::session::Session;
 
-/// Default byte bound of the session cache (sessions and tokens together).
+/// Default byte bound of the cached sessions.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Default byte bound of the token cache.

@@ -293,3 +293,60 @@ fn reused_tokens_always_keep_more_than_half_their_lifetime() {
         "a new token must be minted before the first one passes half of its lifetime"
     );
 }
+
+#[test]
+fn the_token_cache_bound_decides_reuse_and_is_reported() {
+    use crate::harness::scrape::{metrics, sample};
+    // Default bound: one token is minted, then reused; the gauges count it.
+    let s = Stack::start(routes);
+    let cookie = s.login("user-1");
+    s.warm("/api/orders", &cookie);
+    assert_eq!(s.status("/api/orders", Some(&cookie)), 200);
+    let jti = s.last_token("orders-api").str("jti").to_owned();
+    for _ in 0..3 {
+        assert_eq!(s.status("/api/orders", Some(&cookie)), 200);
+        assert_eq!(s.last_token("orders-api").str("jti"), jti, "reused");
+    }
+    let text = metrics(&s.gw);
+    assert_eq!(
+        sample(&text, "sessiongate_token_cache_entries", &[]),
+        Some(1.0)
+    );
+    let bytes = sample(&text, "sessiongate_token_cache_bytes", &[]).expect("token bytes");
+    assert!(
+        (400.0..4096.0).contains(&bytes),
+        "one token weighs {bytes} bytes"
+    );
+    assert_eq!(
+        sample(&text, "sessiongate_session_cache_entries", &[]),
+        Some(1.0)
+    );
+
+    // token_cache_max_bytes = 0: the session is still cached, every request mints.
+    let s = Stack::start(|b, up| routes(b, up).set("session.token_cache_max_bytes", 0));
+    let cookie = s.login("user-1");
+    let mut jtis = HashSet::new();
+    for _ in 0..4 {
+        assert_eq!(s.status("/api/orders", Some(&cookie)), 200);
+        assert!(jtis.insert(s.last_token("orders-api").str("jti").to_owned()));
+    }
+    assert_eventually!(
+        {
+            assert_eq!(s.status("/api/orders", Some(&cookie)), 200);
+            let text = metrics(&s.gw);
+            assert_eq!(
+                sample(&text, "sessiongate_token_cache_entries", &[]),
+                Some(0.0)
+            );
+            sample(
+                &text,
+                "sessiongate_session_cache_events_total",
+                &[("event", "hit")],
+            )
+            .is_some_and(|hits| hits > 0.0)
+        },
+        Duration::from_secs(5),
+        "sessions stay cached without a token cache"
+    );
+    assert!(jtis.insert(s.last_token("orders-api").str("jti").to_owned()));
+}
