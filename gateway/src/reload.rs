@@ -290,6 +290,10 @@ upstreams = ["127.0.0.1:1"]
                 &["session.cache_max_entries"],
             ),
             (
+                "[session]\ncache_max_bytes = \"32MiB\"\ntoken_cache_max_bytes = 0\n",
+                &["session.cache_max_bytes", "session.token_cache_max_bytes"],
+            ),
+            (
                 "[exchange]\nallowed_origins = [\"https://x.example\"]\n",
                 &[],
             ),
