@@ -308,8 +308,8 @@ const GENERATION_BUCKETS: usize = 256;
 /// a load inserts only if its bucket's generation did not move while it was in flight.
 pub struct SessionCache {
     inner: Option<Inner>,
-    /// Tokens by session key, in their own share of the byte bound: a session stays
-    /// cached when its tokens are evicted (the next request re-mints).
+    /// Tokens by session key, in their own byte bound: a session stays cached when its
+    /// tokens are evicted (the next request re-mints).
     tokens: Option<Tokens>,
     /// Trust window of positive entries, in nanoseconds (changes on reload).
     ttl_nanos: AtomicU64,
@@ -510,16 +510,17 @@ impl SessionCache {
         let Some(inner) = &self.inner else {
             return Probe::Load(None, None);
         };
+        let key = key(digest);
         if !self.push.allows(now) {
-            return Probe::Bypass(inner.peek(&key(digest)));
+            return Probe::Bypass(inner.peek(&key));
         }
         let mut stale = None;
         loop {
-            match inner.get_value_or_guard_async(&key(digest)).await {
+            match inner.get_value_or_guard_async(&key).await {
                 Ok(entry) if self.is_trusted(&entry, now) => return Probe::Hit(entry),
                 Ok(entry) => {
                     // Drop the untrusted entry, then race to load it again.
-                    inner.remove_if(&key(digest), |v| Arc::ptr_eq(v, &entry));
+                    inner.remove_if(&key, |v| Arc::ptr_eq(v, &entry));
                     stale = Some(entry);
                 }
                 Err(guard) => return Probe::Load(Some(guard), stale),
