@@ -106,6 +106,11 @@ done
 
 rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$GW/status"; }
 gauge() { curl -fs "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+# Requests the gateway has answered, over every route and status.
+served() {
+  curl -fs "http://127.0.0.1:$ADMIN_PORT/metrics" |
+    awk '$1 ~ /^sessiongate_requests_total\{/ {s += $2} END {printf "%d", s}'
+}
 report() {
   echo "| $1 | $(gauge sessiongate_session_cache_entries) | $(gauge sessiongate_token_cache_entries) | $(rss) |"
 }
@@ -141,15 +146,13 @@ for pass in 1 2; do
   WRK=$!
   while kill -0 "$WRK" 2>/dev/null; do
     sleep 5
-    served=$(curl -fs "http://127.0.0.1:$ADMIN_PORT/metrics" |
-      awk '$1 ~ /^sessiongate_requests_total\{/ {s += $2} END {printf "%d", s}')
-    if [ "$served" -ge $((pass * SESSIONS)) ] || [ $SECONDS -ge $deadline ]; then
+    if [ "$(served)" -ge $((pass * SESSIONS)) ] || [ $SECONDS -ge $deadline ]; then
       kill -INT "$WRK" 2>/dev/null || true
       wait "$WRK" 2>/dev/null || true
       break
     fi
   done
-  report "pass $pass ($(curl -fs "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '$1 ~ /^sessiongate_requests_total\{/ {s += $2} END {printf "%d", s}') requests served)"
+  report "pass $pass ($(served) requests served)"
 done
 non2xx=$(grep -h "Non-2xx" "$WORK"/wrk-*.txt || true)
 echo
