@@ -9,6 +9,14 @@
 //! reloads and plans again, so that when every replica finds a rotation due at the same
 //! instant exactly one key is created. A replica that finds the lease taken creates
 //! nothing that round and picks up the other replica's key when the store changes.
+//!
+//! **A lost keyring is restored from memory.** The store's version only ever grows; when
+//! a refresh finds it smaller than the last one seen (Redis restarted without
+//! persistence, `FLUSHALL`, a failover to a replica that lacked the latest writes), the
+//! keyring was lost or rolled back. Before planning anything, the manager writes back
+//! every key it knows that is still published (so tokens they signed keep verifying) and
+//! re-retires every key it knows was retired (so a lost retirement cannot bring a
+//! compromised key back). Every replica does this; adds are idempotent.
 
 use std::fmt;
 use std::sync::Arc;
@@ -62,6 +70,21 @@ pub struct KeyManager {
     serial: tokio::sync::Mutex<()>,
     /// Random per-manager id naming this manager as holder of the store's rotation lease.
     holder: String,
+    /// What the last successful load saw: the store's version and its records.
+    seen: parking_lot::Mutex<Seen>,
+    /// Keys written back or re-retired after a lost keyring, since start.
+    restored: AtomicU64,
+}
+
+/// The store as last loaded.
+#[derive(Default)]
+struct Seen {
+    /// The version, when it is a number (the Redis store's counter).
+    version: Option<u64>,
+    records: Vec<KeyRecord>,
+    /// Every key seen retired since start (a retired key is soon removed from the store;
+    /// its retirement must still be redone if a rollback brings it back).
+    retired: std::collections::BTreeSet<Kid>,
 }
 
 impl KeyManager {
@@ -73,6 +96,8 @@ impl KeyManager {
             policy,
             serial: tokio::sync::Mutex::new(()),
             holder: holder_id(),
+            seen: parking_lot::Mutex::new(Seen::default()),
+            restored: AtomicU64::new(0),
         }
     }
 
@@ -158,6 +183,7 @@ impl KeyManager {
         }
         let result = match self.store.retire(kid, now).await {
             Ok(()) => {
+                self.seen.lock().retired.insert(kid.clone());
                 tracing::warn!(%kid, "Retired a signing key.");
                 self.refresh_locked(now, leased).await.map(drop)
             }
@@ -221,7 +247,8 @@ impl KeyManager {
                 self.refresh_locked(now, true).await?;
                 return Ok(rotation);
             }
-            now.saturating_add(self.policy.publish_ahead.as_secs())
+            // Rounded up: never sooner than `publish_ahead` after it is written.
+            crate::rotation::activation_after(now, &self.policy)
         };
         let kid = self.create(self.policy.algorithm, now, activate_at).await?;
         self.refresh_locked(now, true).await?;
@@ -252,9 +279,108 @@ impl KeyManager {
         Ok(record.kid.clone())
     }
 
+    /// After a failed [`refresh`](Self::refresh): stops using every published key that
+    /// the store says is retired (another replica or an operator retired it), even though
+    /// the keyring as a whole cannot be loaded. The retirements are read without opening
+    /// any private key ([`KeyStore::retired`]); the key set is rebuilt from the records
+    /// this manager last loaded, with those keys retired at `now`. If no key is left to
+    /// sign, nothing signs (fail closed) until a refresh succeeds. Returns the keys dropped.
+    ///
+    /// # Errors
+    /// Store errors (nothing was learned), or a [`KeySet::build`] error.
+    pub async fn drop_retired_elsewhere(&self, now: UnixTime) -> Result<Vec<Kid>, Error> {
+        let _serial = self.serial.lock().await;
+        let retired = self.store.retired().await?;
+        let published = self.keyring.load();
+        let dropped: Vec<Kid> = retired
+            .into_iter()
+            .filter(|kid| published.is_published(kid.as_str()))
+            .collect();
+        if dropped.is_empty() {
+            return Ok(dropped);
+        }
+        let records: Vec<KeyRecord> = {
+            let mut seen = self.seen.lock();
+            seen.retired.extend(dropped.iter().cloned());
+            for record in &mut seen.records {
+                if dropped.contains(&record.kid) && record.retired_at.is_none() {
+                    record.retired_at = Some(now);
+                }
+            }
+            seen.records.clone()
+        };
+        self.keyring
+            .store(KeySet::build(&records, now, &self.policy)?);
+        Ok(dropped)
+    }
+
+    /// Keys written back to the store, or retired again, after a lost keyring.
+    pub fn restored(&self) -> u64 {
+        self.restored.load(Ordering::Relaxed)
+    }
+
+    /// If the store's version went backwards since the last load, writes back what this
+    /// manager knows (see the module docs). Returns the version now.
+    async fn restore_if_lost(&self, now: UnixTime) -> Result<Option<u64>, Error> {
+        let version = self.store.version().await?.parse::<u64>().ok();
+        let (last, known, retired) = {
+            let seen = self.seen.lock();
+            (seen.version, seen.records.clone(), seen.retired.clone())
+        };
+        let (Some(version), Some(last)) = (version, last) else {
+            return Ok(version);
+        };
+        if version >= last || (known.is_empty() && retired.is_empty()) {
+            return Ok(Some(version));
+        }
+        let stored = self.store.load().await?;
+        let published = self.keyring.load();
+        let mut restored = 0u64;
+        // Retired here, but the store lost the retirement: retire it again.
+        for theirs in stored.iter().filter(|r| r.retired_at.is_none()) {
+            if retired.contains(&theirs.kid) {
+                self.store.retire(&theirs.kid, now).await?;
+                tracing::warn!(kid = %theirs.kid, "Retired again a key whose retirement the keyring lost.");
+                restored += 1;
+            }
+        }
+        // Still published here (a token it signed may still be valid), gone there.
+        for record in known.iter().filter(|r| r.retired_at.is_none()) {
+            if stored.iter().any(|r| r.kid == record.kid)
+                || retired.contains(&record.kid)
+                || !published.is_published(record.kid.as_str())
+            {
+                continue;
+            }
+            match self.store.add(record).await {
+                Ok(()) | Err(Error::AlreadyExists { .. }) => {}
+                Err(error) => return Err(error),
+            }
+            tracing::warn!(kid = %record.kid, "Restored a key the keyring had lost.");
+            restored += 1;
+        }
+        if restored > 0 {
+            self.restored.fetch_add(restored, Ordering::Relaxed);
+            tracing::warn!(
+                keys = restored,
+                version,
+                last,
+                "The keyring's version went backwards (Redis restarted empty, flushed, or failed over to a stale replica): restored it from memory."
+            );
+        }
+        Ok(self.store.version().await?.parse::<u64>().ok())
+    }
+
     /// The body of [`refresh`](Self::refresh); `leased` says the caller holds the lease.
     async fn refresh_locked(&self, now: UnixTime, leased: bool) -> Result<RefreshOutcome, Error> {
+        let version = self.restore_if_lost(now).await?;
         let mut records = self.store.load().await?;
+        // Remembered before the plan removes them from the store.
+        let retired: Vec<Kid> = records
+            .iter()
+            .filter(|r| r.retired_at.is_some())
+            .map(|r| r.kid.clone())
+            .collect();
         let mut transitions = plan(now, &records, &self.policy);
         let mut outcome = RefreshOutcome::default();
         let mut failure = None;
@@ -319,6 +445,21 @@ impl KeyManager {
         if !same_states(&self.keyring.load(), &set) {
             self.keyring.store(set);
         }
+        // A change made by this refresh bumped the version past what was read before it.
+        let version = if outcome.created.is_empty() && outcome.removed.is_empty() {
+            version
+        } else {
+            self.store
+                .version()
+                .await
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .or(version)
+        };
+        let mut seen = self.seen.lock();
+        seen.retired.extend(retired);
+        seen.version = version;
+        seen.records = records;
         match failure {
             Some(error) => Err(error),
             None => Ok(outcome),
@@ -434,7 +575,7 @@ mod tests {
         assert_eq!(out.created.len(), 1);
         let first = out.created[0].clone();
         assert_eq!(current_kid(&m), Some(first.clone()));
-        assert_eq!(out.next_due, Some(t0 + 23 * H));
+        assert_eq!(out.next_due, Some(t0 + 23 * H - 1));
 
         // Nothing changes before the rotation is due, and the keyring is kept.
         let generation = m.keyring().load().generation();
@@ -442,14 +583,14 @@ mod tests {
         assert_eq!(
             out,
             RefreshOutcome {
-                next_due: Some(t0 + 23 * H),
+                next_due: Some(t0 + 23 * H - 1),
                 ..Default::default()
             }
         );
         assert_eq!(m.keyring().load().generation(), generation);
 
-        // The successor is published an hour ahead.
-        let out = m.refresh(t0 + 23 * H).await.unwrap();
+        // The successor is published an hour ahead (from the next whole second).
+        let out = m.refresh(t0 + 23 * H - 1).await.unwrap();
         assert_eq!(out.created.len(), 1);
         let second = out.created[0].clone();
         assert_eq!(out.next_due, Some(t0 + 24 * H));
@@ -477,10 +618,10 @@ mod tests {
 
         let rotation = m.rotate(t0 + 5, false).await.unwrap();
         assert!(rotation.created);
-        assert_eq!(rotation.activate_at, t0 + 5 + H);
+        assert_eq!(rotation.activate_at, t0 + 6 + H);
         let ahead = rotation.kid;
         let set = m.keyring().load_full();
-        assert_eq!(set.get(ahead.as_str()).unwrap().activate_at(), t0 + 5 + H);
+        assert_eq!(set.get(ahead.as_str()).unwrap().activate_at(), t0 + 6 + H);
         assert_eq!(set.get(ahead.as_str()).unwrap().alg(), Algorithm::EdDsa);
         assert_eq!(current_kid(&m), Some(first.clone()));
 
@@ -490,7 +631,7 @@ mod tests {
             again,
             Rotation {
                 kid: ahead.clone(),
-                activate_at: t0 + 5 + H,
+                activate_at: t0 + 6 + H,
                 created: false
             }
         );
@@ -532,9 +673,9 @@ mod tests {
         let out = m.refresh(t0 + 10).await.unwrap();
         assert_eq!(out.created.len(), 1);
         assert_eq!(current_kid(&m), Some(es.clone()));
-        assert_eq!(out.next_due, Some(t0 + 10 + H));
+        assert_eq!(out.next_due, Some(t0 + 11 + H));
 
-        m.refresh(t0 + 10 + H).await.unwrap();
+        m.refresh(t0 + 11 + H).await.unwrap();
         let set = m.keyring().load_full();
         assert_eq!(set.current().unwrap().alg(), Algorithm::EdDsa);
         assert_eq!(set.get(es.as_str()).unwrap().state(), KeyState::Previous);
@@ -559,8 +700,112 @@ mod tests {
         assert!(!set.is_published(first.as_str()));
         assert_eq!(store.load().await.unwrap().len(), 2);
 
-        m.refresh(t0 + 10 + H).await.unwrap();
+        m.refresh(t0 + 11 + H).await.unwrap();
         assert_eq!(current_kid(&m), Some(next));
+    }
+
+    /// A store that can lose its keyring (or roll it back), as Redis restarted without
+    /// persistence or a stale replica promoted would.
+    #[derive(Default)]
+    struct Losable {
+        state: parking_lot::Mutex<(Vec<KeyRecord>, u64)>,
+    }
+
+    impl Losable {
+        fn set(&self, records: Vec<KeyRecord>, version: u64) {
+            *self.state.lock() = (records, version);
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl KeyStore for Losable {
+        async fn load(&self) -> Result<Vec<KeyRecord>, Error> {
+            Ok(self.state.lock().0.clone())
+        }
+        async fn add(&self, record: &KeyRecord) -> Result<(), Error> {
+            let mut s = self.state.lock();
+            if s.0.iter().any(|r| r.kid == record.kid) {
+                return Err(Error::AlreadyExists {
+                    kid: record.kid.clone(),
+                });
+            }
+            s.0.push(record.clone());
+            s.1 += 1;
+            Ok(())
+        }
+        async fn retire(&self, kid: &Kid, now: UnixTime) -> Result<(), Error> {
+            let mut s = self.state.lock();
+            if let Some(r) = s.0.iter_mut().find(|r| &r.kid == kid) {
+                r.retired_at = Some(now);
+            }
+            s.1 += 1;
+            Ok(())
+        }
+        async fn remove(&self, kid: &Kid) -> Result<(), Error> {
+            let mut s = self.state.lock();
+            s.0.retain(|r| &r.kid != kid);
+            s.1 += 1;
+            Ok(())
+        }
+        async fn version(&self) -> Result<String, Error> {
+            Ok(self.state.lock().1.to_string())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_keyring_is_restored_and_a_lost_retirement_redone() {
+        let store = Arc::new(Losable::default());
+        let ring = Arc::new(Keyring::default());
+        let m = KeyManager::new(store.clone(), ring, RotationPolicy::default());
+        let t0 = 1_000_000;
+        m.refresh(t0).await.unwrap();
+        let first = current_kid(&m).unwrap();
+        let next = m.rotate(t0 + 5, false).await.unwrap().kid;
+        let before = store.load().await.unwrap();
+        assert_eq!(before.len(), 2);
+
+        // Redis restarts empty: the version is back to 0 and the hash is gone. The next
+        // refresh writes both keys back instead of bootstrapping a new one.
+        store.set(Vec::new(), 0);
+        let out = m.refresh(t0 + 10).await.unwrap();
+        assert!(out.created.is_empty(), "no new key: {out:?}");
+        let mut kids: Vec<Kid> = store
+            .load()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.kid)
+            .collect();
+        kids.sort();
+        let mut want = vec![first.clone(), next.clone()];
+        want.sort();
+        assert_eq!(kids, want);
+        assert_eq!(
+            current_kid(&m),
+            Some(first.clone()),
+            "the same key keeps signing"
+        );
+        assert_eq!(m.restored(), 2);
+
+        // An emergency retirement, then a failover to a replica that never saw it: the
+        // key is back un-retired with an older version. It is retired again.
+        m.retire(&next, t0 + 20).await.unwrap();
+        let version: u64 = store.version().await.unwrap().parse().unwrap();
+        store.set(before.clone(), version - 3);
+        m.refresh(t0 + 21).await.unwrap();
+        let stored = store.load().await.unwrap();
+        assert!(
+            stored
+                .iter()
+                .all(|r| r.kid != next || r.retired_at.is_some()),
+            "the retired key stays retired"
+        );
+        assert!(!m.keyring().load().is_published(next.as_str()));
+
+        // A version that only grows never triggers any of this.
+        let restored = m.restored();
+        m.refresh(t0 + 22).await.unwrap();
+        assert_eq!(m.restored(), restored);
     }
 
     /// A memory store that records, at each `retire`, how many other non-retired keys

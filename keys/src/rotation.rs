@@ -66,7 +66,7 @@ pub enum Transition {
 pub fn plan(now: UnixTime, records: &[KeyRecord], policy: &RotationPolicy) -> Vec<Transition> {
     let mut out = Vec::new();
     let live: Vec<&KeyRecord> = records.iter().filter(|r| r.retired_at.is_none()).collect();
-    let ahead = now.saturating_add(policy.publish_ahead.as_secs());
+    let ahead = activation_after(now, policy);
     if !live.iter().any(|r| r.activate_at <= now) {
         out.push(Transition::Create {
             alg: policy.algorithm,
@@ -221,11 +221,22 @@ fn newest_of<'a>(records: &[&'a KeyRecord], alg: Algorithm) -> Option<&'a KeyRec
         .max_by(|a, b| age_order(a, b))
 }
 
+/// When a key created at `now` may start signing: `publish_ahead` later, rounded up.
+/// `now` is whole seconds rounded down, so a key written at 100.9 s would otherwise sign
+/// at 100 + publish_ahead, up to a second short of the promise.
+pub(crate) fn activation_after(now: UnixTime, policy: &RotationPolicy) -> UnixTime {
+    now.saturating_add(1)
+        .saturating_add(policy.publish_ahead.as_secs())
+}
+
+/// When the successor of `newest` is created: early enough that it signs (after
+/// [`activation_after`]) exactly `rotate_every` after `newest` did.
 fn rotation_due(newest: &KeyRecord, policy: &RotationPolicy) -> UnixTime {
     let lead = policy
         .rotate_every
         .saturating_sub(policy.publish_ahead)
-        .as_secs();
+        .as_secs()
+        .saturating_sub(1);
     newest.activate_at.saturating_add(lead)
 }
 
@@ -301,12 +312,13 @@ mod tests {
             ("fresh current key: nothing to do",
                 t0, vec![rec("a", Es, t0 - H, None)], Es, vec![]),
             ("one second before the rotation is due: nothing",
-                t0 - day + 23 * H - 1, vec![rec("a", Es, t0 - day, None)], Es, vec![]),
-            ("rotation due at rotate_every - publish_ahead: successor one hour ahead",
-                t0 - H, vec![rec("a", Es, t0 - day, None)], Es, vec![create(Es, t0)]),
+                t0 - H - 2, vec![rec("a", Es, t0 - day, None)], Es, vec![]),
+            ("rotation due one second before rotate_every - publish_ahead: successor signs \
+              publish_ahead after the next whole second, exactly rotate_every after the first",
+                t0 - H - 1, vec![rec("a", Es, t0 - day, None)], Es, vec![create(Es, t0)]),
             ("rotation overdue (gateway was down): successor still publish_ahead ahead",
                 t0 + 3 * day, vec![rec("a", Es, t0 - day, None)], Es,
-                vec![create(Es, t0 + 3 * day + H)]),
+                vec![create(Es, t0 + 3 * day + 1 + H)]),
             ("successor already pending: nothing",
                 t0 - 30, vec![rec("a", Es, t0 - day, None), rec("b", Es, t0, None)], Es, vec![]),
             ("successor just activated, previous still retained",
@@ -318,7 +330,7 @@ mod tests {
                 t0, vec![rec("a", Es, t0 - 2 * H, None), rec("b", Es, t0 - H, Some(t0))], Es,
                 vec![remove("b")]),
             ("algorithm changed: create one of the new algorithm ahead",
-                t0, vec![rec("a", Es, t0 - H, None)], Ed, vec![create(Ed, t0 + H)]),
+                t0, vec![rec("a", Es, t0 - H, None)], Ed, vec![create(Ed, t0 + 1 + H)]),
             ("algorithm changed but a key (of the old algorithm) is pending: wait",
                 t0, vec![rec("a", Es, t0 - H, None), rec("b", Es, t0 + 10, None)], Ed, vec![]),
             ("algorithm changed, new key pending: nothing",
@@ -330,7 +342,7 @@ mod tests {
                 t0 + 599, vec![rec("a", Es, t0 - H, None), rec("b", Ed, t0, None)], Ed, vec![]),
             ("rotation due on the policy algorithm ignores a pending key of another",
                 t0, vec![rec("a", Ed, t0 - day, None), rec("x", Es, t0 + 10, None)], Ed,
-                vec![create(Ed, t0 + H)]),
+                vec![create(Ed, t0 + 1 + H)]),
             ("emergency: current key retired, only a next key left: sign at once",
                 t0, vec![rec("a", Es, t0 - H, Some(t0)), rec("b", Es, t0 + 30 * 60, None)], Es,
                 vec![create(Es, t0), remove("a")]),
@@ -353,6 +365,17 @@ mod tests {
         for (name, now, records, alg, expected) in cases {
             assert_eq!(plan(now, &records, &policy(alg)), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn activation_rounds_up_so_publish_ahead_is_never_short() {
+        // A key written at 100.9 s is planned at now = 100: it signs at 100 + 1 + ahead,
+        // at least `publish_ahead` after it was written, never 0.9 s short.
+        let p = policy(Es);
+        let ahead = p.publish_ahead.as_secs();
+        assert_eq!(activation_after(100, &p), 101 + ahead);
+        let written = 100.9_f64;
+        assert!(activation_after(100, &p) as f64 - written >= ahead as f64);
     }
 
     #[test]

@@ -41,6 +41,22 @@ pub trait KeyStore: Send + Sync + 'static {
     /// [`Error::AlreadyExists`] if the kid is taken; store-specific otherwise.
     async fn add(&self, record: &KeyRecord) -> Result<(), Error>;
 
+    /// The kids of the records marked retired, read without opening any private key:
+    /// what a replica whose [`load`](Self::load) fails (a record it cannot unseal or
+    /// parse) can still learn. The default reads them from `load`.
+    ///
+    /// # Errors
+    /// Store-specific.
+    async fn retired(&self) -> Result<Vec<Kid>, Error> {
+        Ok(self
+            .load()
+            .await?
+            .into_iter()
+            .filter(|r| r.retired_at.is_some())
+            .map(|r| r.kid)
+            .collect())
+    }
+
     /// Marks a key retired at `now` (kept if it was already retired).
     ///
     /// # Errors
@@ -182,7 +198,7 @@ impl std::fmt::Debug for StoredKey {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{Algorithm, generate};
 
@@ -218,6 +234,79 @@ mod tests {
             let stored: StoredKey = serde_json::from_str(json).unwrap();
             let err = stored.into_record().unwrap_err();
             assert!(err.contains(expected), "{json}: {err}");
+        }
+    }
+
+    // === properties ===
+
+    use proptest::prelude::*;
+
+    /// The record decoder of the file store: JSON text to a record.
+    fn decode(json: &[u8]) -> Option<KeyRecord> {
+        serde_json::from_slice::<StoredKey>(json)
+            .ok()?
+            .into_record()
+            .ok()
+    }
+
+    /// Any record a store may be given, with a private key of `min_key` bytes or more.
+    pub(crate) fn record(min_key: usize) -> impl Strategy<Value = KeyRecord> {
+        (
+            "[A-Za-z0-9_-]{1,64}",
+            prop::sample::select(vec![Algorithm::Es256, Algorithm::EdDsa]),
+            any::<u64>(),
+            any::<u64>(),
+            any::<Option<u64>>(),
+            prop::collection::vec(any::<u8>(), min_key..160),
+        )
+            .prop_map(
+                |(kid, alg, created_at, activate_at, retired_at, key)| KeyRecord {
+                    kid: Kid::from(kid),
+                    alg,
+                    created_at,
+                    activate_at,
+                    retired_at,
+                    private_pkcs8: SecretBytes::new(key),
+                },
+            )
+    }
+
+    /// Record-shaped JSON with every field at times wrong.
+    fn record_json() -> impl Strategy<Value = String> {
+        let field = |good: &'static str, bad: Vec<&'static str>| prop_oneof![3 => Just(good.to_owned()), 1 => prop::sample::select(bad).prop_map(str::to_owned)];
+        (
+            field(r#""k1""#, vec![r#""""#, r#""k/1""#, "1", "null", r#""\u0000""#]),
+            field(r#""EdDSA""#, vec![r#""ES256""#, r#""RS256""#, r#""eddsa""#, "[]"]),
+            field("1767225600", vec!["-1", "1.5", "18446744073709551616", r#""1""#]),
+            field("null", vec!["5", r#""x""#, "{}"]),
+            field(r#""AAECAw==""#, vec![r#""""#, r#""!!""#, r#""AAECAw""#, r#""AA==""#, "7"]),
+            prop::sample::select(vec!["", r#","x":1"#, r#","retired_at":null"#]),
+        )
+            .prop_map(|(kid, alg, time, retired, key, extra)| {
+                format!(
+                    r#"{{"kid":{kid},"alg":{alg},"created_at":{time},"activate_at":{time},"retired_at":{retired},"private_key":{key}{extra}}}"#
+                )
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn stored_keys_round_trip(record in record(1)) {
+            let json = StoredKey::from_record(&record).to_json().unwrap();
+            prop_assert_eq!(decode(&json), Some(record));
+        }
+
+        #[test]
+        fn decoded_stored_keys_encode_back_to_equal_records(json in record_json()) {
+            if let Some(record) = decode(json.as_bytes()) {
+                let again = StoredKey::from_record(&record).to_json().unwrap();
+                prop_assert_eq!(decode(&again), Some(record));
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(json in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&json);
         }
     }
 }
