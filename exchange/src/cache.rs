@@ -1,8 +1,14 @@
 //! The local session cache for non-critical routes, and the tokens kept for reuse.
 //!
-//! Entries are keyed by the cookie's SHA-256 (never the cookie itself; see [`Key`]) and
+//! One read-through path, [`SessionCache::get_or_load`], answers every lookup: a trusted
+//! entry from memory, or one store read shared by every concurrent lookup of the same
+//! session (single flight: its answer, or its failure, is everyone's, so a hung Redis
+//! costs one timeout per key rather than one per waiting request).
+//!
+//! Entries are keyed by the session's digest (never the cookie itself; see [`Key`]) and
 //! are trusted for at most `cache_ttl` after they were read from the store
-//! (`negative_cache_ttl` for "no such session").
+//! (`negative_cache_ttl` for "no such session" and undecodable values, which live in a
+//! bound of their own so that a flood of random cookies cannot evict real sessions).
 //!
 //! Tokens live in a second cache under the same key, in their own byte bound, and belong
 //! to the [`Entry`] they were minted for (its serial): invalidating a session drops its
@@ -24,16 +30,19 @@
 //! entry is used only when the store cannot answer (a Redis outage), and then only
 //! within its `cache_ttl`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use prometheus::IntCounter;
-use quick_cache::sync::{Cache, PlaceholderGuard};
-use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+use parking_lot::Mutex;
+use prometheus::{Histogram, IntCounter};
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter, Weighter};
 
+use crate::Freshness;
 use crate::mint::SignedJwt;
-use crate::session::Session;
+use crate::session::{Session, Source};
 
 /// Default byte bound of the cached sessions.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -48,6 +57,43 @@ const TYPICAL_TOKEN_SET_BYTES: u64 = 800;
 /// default is 0.5). A ghost costs a slot; a quarter keeps the scan resistance they buy
 /// (a key that comes back soon re-enters as hot) at half the memory.
 const GHOST_ALLOCATION: f64 = 0.25;
+
+/// The session cache's bounds and trust windows, in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// The longest a session is trusted after its store read; zero disables the cache.
+    pub ttl: Duration,
+    /// The longest "no such session" (or an undecodable value) is trusted.
+    pub negative_ttl: Duration,
+    /// Most sessions held.
+    pub max_entries: usize,
+    /// Most bytes the sessions hold.
+    pub max_bytes: u64,
+    /// Most bytes the kept tokens hold; 0 keeps none.
+    pub token_max_bytes: u64,
+    /// Most "no such session" entries held, apart from the sessions.
+    pub negative_max_entries: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(5),
+            negative_ttl: Duration::from_secs(1),
+            max_entries: 100_000,
+            max_bytes: DEFAULT_MAX_BYTES,
+            token_max_bytes: DEFAULT_TOKEN_MAX_BYTES,
+            negative_max_entries: 10_000,
+        }
+    }
+}
+
+impl CacheLimits {
+    /// The negative bound that goes with `max_entries` sessions: a tenth, at least 1,024.
+    pub fn negative_bound(max_entries: usize) -> usize {
+        (max_entries / 10).max(1024)
+    }
+}
 
 /// quick_cache options for `items` entries weighing `weight` in all.
 fn options(items: usize, weight: u64) -> quick_cache::Options {
@@ -67,29 +113,90 @@ static SERIALS: AtomicU64 = AtomicU64::new(1);
 /// One heap block with the session inline (the session's JSON text is the other):
 /// a million cached sessions is a design point (docs/performance.md).
 pub struct Entry {
-    /// The session, or `None` for a negative entry.
+    /// The session, when the store held one with a subject.
     session: Option<Session>,
+    /// What the store held.
+    kind: Kind,
     /// When the value was read from the store, in nanoseconds after [`epoch`].
     fetched: u64,
     /// Milliseconds after `fetched` at which the store's key expires (never trusted past
     /// it); [`NO_EXPIRY`] when the key has none. Expiries further out than ~49 days are
     /// kept as ~49 days, which only makes the entry distrusted sooner.
     expires_ms: u32,
+    /// Whether the read learnt the key's expiry. A critical route's read does not (a
+    /// plain `GET`, half the Redis client's work of `GET`+`PTTL`); such an entry is
+    /// cached only with the expiry of the entry it replaces.
+    expiry_known: bool,
     /// Identifies this entry among every entry ever made: tokens are kept for an
     /// entry's serial, so a token minted for one store read is never handed out with
     /// another (for example after a revocation and a new session under the same key).
     serial: u64,
 }
 
+/// What the store held under a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A session with a subject.
+    Session,
+    /// A session without a usable subject.
+    Anonymous,
+    /// Nothing.
+    Absent,
+    /// A value that cannot be decoded.
+    Malformed,
+}
+
+impl Kind {
+    /// Whether the entry belongs to the bound and trust window of negative answers.
+    fn is_negative(self) -> bool {
+        matches!(self, Kind::Absent | Kind::Malformed)
+    }
+}
+
+/// A store answer, to be cached.
+#[derive(Debug)]
+pub enum Stored {
+    /// A session with a subject.
+    Session(Session),
+    /// A session without a usable subject.
+    Anonymous,
+    /// Nothing under the key.
+    Absent,
+    /// A value that cannot be decoded.
+    Malformed,
+}
+
 impl Entry {
     /// A fresh entry read at `fetched`.
-    pub fn new(session: Option<Session>, fetched: Instant) -> Self {
+    pub fn new(stored: Stored, fetched: Instant) -> Self {
+        let (kind, session) = match stored {
+            Stored::Session(s) => (Kind::Session, Some(s)),
+            Stored::Anonymous => (Kind::Anonymous, None),
+            Stored::Absent => (Kind::Absent, None),
+            Stored::Malformed => (Kind::Malformed, None),
+        };
         Self {
             session,
+            kind,
             fetched: since_epoch(fetched),
             expires_ms: NO_EXPIRY,
+            expiry_known: true,
             serial: SERIALS.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// The same entry, read without learning when the store's key expires.
+    #[must_use]
+    pub fn expiry_unknown(mut self) -> Self {
+        self.expiry_known = false;
+        self
+    }
+
+    /// Whether this entry may be cached as it is: it holds no value, or the read that
+    /// made it learnt the key's expiry.
+    fn expiry_settled(&self) -> bool {
+        self.expiry_known || self.kind.is_negative()
     }
 
     /// The same entry, no longer trusted once the store's key expires at `expires`.
@@ -104,9 +211,14 @@ impl Entry {
         self
     }
 
-    /// The session, or `None` for "no such session".
+    /// The session, when the store held one with a subject.
     pub fn session(&self) -> Option<&Session> {
         self.session.as_ref()
+    }
+
+    /// What the store held.
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 
     /// When the store's key expires, if it has an expiry.
@@ -150,6 +262,11 @@ impl SessionRef {
     /// The session of `entry`, if it holds one.
     pub(crate) fn of(entry: &Arc<Entry>) -> Option<Self> {
         entry.session.is_some().then(|| Self(entry.clone()))
+    }
+
+    /// The cache entry it was read into.
+    pub(crate) fn entry(&self) -> &Arc<Entry> {
+        &self.0
     }
 }
 
@@ -242,7 +359,7 @@ impl Weighter<Key, Arc<TokenSet>> for TokenWeighter {
         let tokens: u64 = val
             .tokens
             .iter()
-            .map(|t| block(t.jwt.bearer().len()) + SHARED_BYTES_BLOCK)
+            .map(|t| block(t.jwt.framed().len()) + SHARED_BYTES_BLOCK)
             .sum();
         SLOT_BYTES
             + TOKEN_SET_SLACK
@@ -292,22 +409,23 @@ pub fn key(digest: &[u8; 32]) -> Key {
 }
 
 type Inner = Cache<Key, Arc<Entry>, EntryWeighter, DefaultHashBuilder, EvictionCounter>;
+type Negatives = Cache<Key, Arc<Entry>, UnitWeighter, DefaultHashBuilder, EvictionCounter>;
 type Tokens = Cache<Key, Arc<TokenSet>, TokenWeighter, DefaultHashBuilder, EvictionCounter>;
-/// A claim on loading one key: other lookups of the same key wait for it.
-pub type LoadGuard<'a> =
-    PlaceholderGuard<'a, Key, Arc<Entry>, EntryWeighter, DefaultHashBuilder, EvictionCounter>;
 
 /// Number of invalidation generation buckets (indexed by the first digest byte).
 const GENERATION_BUCKETS: usize = 256;
 
-/// Bounded session cache with per-entry trust windows and lookup coalescing.
+/// Bounded session cache with per-entry trust windows and single-flight loads.
 ///
 /// Invalidations (from the push channel or a live lookup) and store reads race: a
 /// `GET` reply and the invalidation of a `DEL` that followed it arrive on different
 /// connections. Each key maps to a generation counter that every invalidation bumps;
-/// a load inserts only if its bucket's generation did not move while it was in flight.
+/// a load inserts only if its bucket's generation did not move while it was in flight,
+/// and a lookup joins a load in flight only if no invalidation happened since it began.
 pub struct SessionCache {
     inner: Option<Inner>,
+    /// "No such session" and undecodable values, in a bound of their own.
+    negatives: Option<Negatives>,
     /// Tokens by session key, in their own byte bound: a session stays cached when its
     /// tokens are evicted (the next request re-mints).
     tokens: Option<Tokens>,
@@ -316,7 +434,88 @@ pub struct SessionCache {
     /// Trust window of negative entries, in nanoseconds.
     negative_ttl_nanos: AtomicU64,
     generations: Box<[AtomicU64]>,
+    /// Loads in flight, by key.
+    flights: Mutex<HashMap<Key, Arc<Flight>>>,
     push: PushGate,
+    events: CacheEvents,
+    /// Watches of open connections' sessions, woken by invalidations.
+    watches: Arc<crate::watch::Registry>,
+}
+
+/// Counters of what the cache does, resolved once (no label lookup per request).
+#[derive(Clone)]
+pub struct CacheEvents {
+    /// A trusted entry answered.
+    pub hit: IntCounter,
+    /// Nothing trusted: the store was read.
+    pub miss: IntCounter,
+    /// The push channel could not vouch: the store was read.
+    pub bypass: IntCounter,
+    /// A cached entry answered while the store was unreachable.
+    pub outage_fallback: IntCounter,
+    /// A load raced an invalidation and was not cached.
+    pub raced_invalidation: IntCounter,
+    /// A lookup shared a load already in flight.
+    pub coalesced: IntCounter,
+    /// A session pushed out by the size bounds.
+    pub eviction: IntCounter,
+    /// A negative entry pushed out by its own bound.
+    pub negative_eviction: IntCounter,
+    /// A kept token pushed out by the token bound.
+    pub token_eviction: IntCounter,
+    /// Age of the cached entries that answered.
+    pub age: Histogram,
+}
+
+impl CacheEvents {
+    /// Counters that count nowhere (tests, benches).
+    pub fn detached() -> Self {
+        let counter =
+            |name: &str| IntCounter::new(name, name).unwrap_or_else(|e| unreachable!("{e}"));
+        Self {
+            hit: counter("hit"),
+            miss: counter("miss"),
+            bypass: counter("bypass"),
+            outage_fallback: counter("outage_fallback"),
+            raced_invalidation: counter("raced_invalidation"),
+            coalesced: counter("coalesced"),
+            eviction: counter("eviction"),
+            negative_eviction: counter("negative_eviction"),
+            token_eviction: counter("token_eviction"),
+            age: Histogram::with_opts(prometheus::HistogramOpts::new("age", "age"))
+                .unwrap_or_else(|e| unreachable!("{e}")),
+        }
+    }
+}
+
+/// One store read in flight, shared by every lookup of its key that began before an
+/// invalidation of that key.
+struct Flight {
+    /// The invalidation generation when the read began.
+    generation: u64,
+    result: tokio::sync::OnceCell<Result<Arc<Entry>, StoreFailure>>,
+}
+
+/// Why the store could not answer: shared by every lookup of a failed load.
+#[derive(Debug, Clone)]
+pub struct StoreFailure {
+    /// The command that failed.
+    pub op: &'static str,
+    /// The store's error text (never a key or a value).
+    pub message: Arc<str>,
+    /// Whether it timed out.
+    pub timeout: bool,
+}
+
+/// A lookup's answer: the entry, where it came from, and what was cached before.
+pub struct Loaded {
+    /// The store's answer (possibly from memory).
+    pub entry: Arc<Entry>,
+    /// Where it came from.
+    pub source: Source,
+    /// The entry cached before the store was read, if any: a session that was there and
+    /// is gone now was revoked.
+    pub previous: Option<Arc<Entry>>,
 }
 
 /// Whether the push channel currently vouches for the cache.
@@ -350,68 +549,214 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The result of asking the cache.
-pub enum Probe<'a> {
-    /// A trusted entry.
-    Hit(Arc<Entry>),
-    /// Not trusted or absent: the caller loads it and inserts through the guard.
-    Load(Option<LoadGuard<'a>>, Option<Arc<Entry>>),
-    /// The push channel does not vouch for the cache right now: read the store, and use
-    /// the cached entry (if any, and if [`SessionCache::is_trusted`]) only when the
-    /// store cannot answer.
-    Bypass(Option<Arc<Entry>>),
-}
-
 impl SessionCache {
-    /// A cache holding at most `max_entries` sessions in at most `max_bytes` bytes, and
-    /// their tokens in at most `token_max_bytes` more. A zero `ttl` disables it.
-    /// `evictions` and `token_evictions` count what each bound pushes out.
-    pub fn new(
-        ttl: Duration,
-        negative_ttl: Duration,
-        max_entries: usize,
-        max_bytes: u64,
-        token_max_bytes: u64,
-        evictions: IntCounter,
-        token_evictions: IntCounter,
-    ) -> Self {
+    /// A cache within `limits`; a zero `ttl` (or no entries) disables it. `events` counts
+    /// what it does.
+    pub fn new(limits: &CacheLimits, events: CacheEvents) -> Self {
         // Entry times count from the epoch: fix it before any lookup reads the clock.
         epoch();
-        let enabled = !ttl.is_zero() && max_entries > 0;
+        let enabled = !limits.ttl.is_zero() && limits.max_entries > 0;
         let inner = enabled.then(|| {
             // Rounded up, so that max_bytes / floor never exceeds max_entries.
-            let floor = max_bytes.div_ceil(max_entries as u64).max(1);
+            let floor = limits.max_bytes.div_ceil(limits.max_entries as u64).max(1);
             Cache::with_options(
-                options(max_entries, max_bytes),
+                options(limits.max_entries, limits.max_bytes),
                 EntryWeighter { floor },
                 DefaultHashBuilder::default(),
-                EvictionCounter(evictions),
+                EvictionCounter(events.eviction.clone()),
             )
         });
-        let tokens = (enabled && token_max_bytes > 0).then(|| {
-            let estimate = usize::try_from(token_max_bytes / TYPICAL_TOKEN_SET_BYTES)
-                .unwrap_or(usize::MAX)
-                .clamp(1, max_entries);
+        let negatives = enabled.then(|| {
+            let n = limits.negative_max_entries.max(1);
             Cache::with_options(
-                options(estimate, token_max_bytes),
+                options(n, n as u64),
+                UnitWeighter,
+                DefaultHashBuilder::default(),
+                EvictionCounter(events.negative_eviction.clone()),
+            )
+        });
+        let tokens = (enabled && limits.token_max_bytes > 0).then(|| {
+            let estimate = usize::try_from(limits.token_max_bytes / TYPICAL_TOKEN_SET_BYTES)
+                .unwrap_or(usize::MAX)
+                .clamp(1, limits.max_entries);
+            Cache::with_options(
+                options(estimate, limits.token_max_bytes),
                 TokenWeighter,
                 DefaultHashBuilder::default(),
-                EvictionCounter(token_evictions),
+                EvictionCounter(events.token_eviction.clone()),
             )
         });
         Self {
             inner,
+            negatives,
             tokens,
-            ttl_nanos: AtomicU64::new(nanos(ttl)),
-            negative_ttl_nanos: AtomicU64::new(nanos(negative_ttl.min(ttl))),
+            ttl_nanos: AtomicU64::new(nanos(limits.ttl)),
+            negative_ttl_nanos: AtomicU64::new(nanos(limits.negative_ttl.min(limits.ttl))),
             generations: (0..GENERATION_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            flights: Mutex::new(HashMap::new()),
             push: PushGate {
                 attached: AtomicBool::new(false),
                 retired: AtomicBool::new(false),
                 until: AtomicU64::new(0),
                 base: Instant::now(),
             },
+            events,
+            watches: Arc::new(crate::watch::Registry::new()),
         }
+    }
+
+    /// The watches of open connections' sessions.
+    pub(crate) fn watches(&self) -> &Arc<crate::watch::Registry> {
+        &self.watches
+    }
+
+    /// The one read-through path. `Cached`: a trusted entry answers from memory;
+    /// otherwise `load` reads the store, once for every concurrent lookup of the key, and
+    /// its answer is cached. While the push channel does not vouch for the cache the
+    /// store is read even for trusted entries, and they answer only when the store cannot
+    /// (then only within their trust window). `Live`: the store is read for this lookup
+    /// alone (a read that began before the lookup may predate a revocation), and its
+    /// answer replaces the cached one.
+    ///
+    /// # Errors
+    /// The store's failure, when nothing may stand in for it.
+    pub async fn get_or_load<F, Fut>(
+        &self,
+        digest: &[u8; 32],
+        freshness: Freshness,
+        now: Instant,
+        load: F,
+    ) -> Result<Loaded, StoreFailure>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Entry, StoreFailure>>,
+    {
+        if self.inner.is_none() {
+            let entry = Arc::new(load().await?);
+            return Ok(Loaded {
+                entry,
+                source: Source::Redis,
+                previous: None,
+            });
+        }
+        let cached = self.peek(digest);
+        if freshness == Freshness::Live {
+            let generation = self.generation(digest);
+            let mut entry = load().await?;
+            if !entry.expiry_settled() {
+                // A value read without its key's expiry: it keeps the expiry of the
+                // same kind of entry it replaces (a key's TTL does not shrink without a
+                // write, which invalidates), or it is not cached and the next cached
+                // lookup reads the expiry itself.
+                match cached
+                    .as_ref()
+                    .filter(|c| c.kind == entry.kind && c.expiry_known)
+                {
+                    Some(c) => {
+                        entry = entry.expiring(c.expires());
+                        entry.expiry_known = true;
+                    }
+                    None => self.forget(digest),
+                }
+            }
+            let entry = Arc::new(entry);
+            if entry.expiry_known || entry.kind.is_negative() {
+                self.insert_if_current(*digest, &entry, generation);
+            }
+            return Ok(Loaded {
+                entry,
+                source: Source::Redis,
+                previous: cached,
+            });
+        }
+        let vouched = self.push.allows(now);
+        if let Some(entry) = cached
+            .as_ref()
+            .filter(|e| vouched && self.is_trusted(e, now))
+        {
+            self.events.hit.inc();
+            self.events.age.observe(entry.age(now).as_secs_f64());
+            return Ok(Loaded {
+                entry: entry.clone(),
+                source: Source::Cache,
+                previous: None,
+            });
+        }
+        if vouched {
+            &self.events.miss
+        } else {
+            &self.events.bypass
+        }
+        .inc();
+        match self.load_shared(digest, load).await {
+            Ok(entry) => Ok(Loaded {
+                entry,
+                source: Source::Redis,
+                previous: cached,
+            }),
+            Err(failure) => {
+                // Redis is unreachable: SPEC lets a cached session no older than
+                // cache_ttl answer.
+                let entry = cached.filter(|c| self.is_trusted(c, now)).ok_or(failure)?;
+                self.events.outage_fallback.inc();
+                self.events.age.observe(entry.age(now).as_secs_f64());
+                Ok(Loaded {
+                    entry,
+                    source: Source::Cache,
+                    previous: None,
+                })
+            }
+        }
+    }
+
+    /// Runs `load` for `digest` unless a load of it that began after its last
+    /// invalidation is in flight, whose answer is then shared; caches the answer.
+    async fn load_shared<F, Fut>(
+        &self,
+        digest: &[u8; 32],
+        load: F,
+    ) -> Result<Arc<Entry>, StoreFailure>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Entry, StoreFailure>>,
+    {
+        let key = key(digest);
+        let generation = self.generation(digest);
+        let flight = {
+            let mut flights = self.flights.lock();
+            match flights.get(&key) {
+                Some(f) if f.generation == generation => {
+                    self.events.coalesced.inc();
+                    f.clone()
+                }
+                _ => {
+                    let f = Arc::new(Flight {
+                        generation,
+                        result: tokio::sync::OnceCell::new(),
+                    });
+                    flights.insert(key, f.clone());
+                    f
+                }
+            }
+        };
+        // Whoever gets here first loads; the others wait for its answer. If the loading
+        // lookup is dropped mid-read, a waiting one loads instead.
+        let result = flight
+            .result
+            .get_or_init(|| async {
+                let result = load().await.map(Arc::new);
+                if let Ok(entry) = &result {
+                    self.insert_if_current(*digest, entry, flight.generation);
+                }
+                result
+            })
+            .await
+            .clone();
+        let mut flights = self.flights.lock();
+        if flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            flights.remove(&key);
+        }
+        result
     }
 
     /// Attaches a push channel, or reports it down: until the next
@@ -419,6 +764,7 @@ impl SessionCache {
     pub fn suspend(&self) {
         self.push.until.store(0, Ordering::Release);
         self.push.attached.store(true, Ordering::Release);
+        self.watches.set_push_up(false);
     }
 
     /// The push channel vouches for the cache until `until` (a lease it renews).
@@ -428,6 +774,7 @@ impl SessionCache {
         }
         let n = nanos(until.saturating_duration_since(self.push.base)).max(1);
         self.push.until.store(n, Ordering::Release);
+        self.watches.set_push_up(true);
     }
 
     /// The attached push channel can no longer vouch for the cache (for example, it
@@ -457,31 +804,22 @@ impl SessionCache {
         self.bucket(key).load(Ordering::Acquire)
     }
 
-    /// Inserts `entry` through `guard` (or directly) unless `key` was invalidated since
-    /// `generation` was read. Returns whether it was inserted.
-    pub fn insert_if_current(
-        &self,
-        key: [u8; 32],
-        entry: Arc<Entry>,
-        generation: u64,
-        guard: Option<LoadGuard<'_>>,
-    ) -> bool {
-        if self.generation(&key) != generation {
-            // Dropping the guard wakes waiters, which load again themselves.
+    /// Caches `entry` unless `digest` was invalidated since `generation` was read, in
+    /// which case whatever is cached is older than that invalidation and is dropped.
+    /// Returns whether it was cached.
+    fn insert_if_current(&self, digest: [u8; 32], entry: &Arc<Entry>, generation: u64) -> bool {
+        if self.generation(&digest) != generation {
+            self.events.raced_invalidation.inc();
+            self.invalidate(&digest);
             return false;
         }
-        match guard {
-            Some(guard) => guard.insert(entry).is_ok(),
-            None => {
-                self.insert(key, entry);
-                true
-            }
-        }
+        self.insert(digest, entry.clone());
+        true
     }
 
     /// How long an entry is trusted.
     fn trust(&self, entry: &Entry) -> Duration {
-        let n = if entry.session.is_some() {
+        let n = if !entry.kind.is_negative() {
             self.ttl_nanos.load(Ordering::Relaxed)
         } else {
             self.negative_ttl_nanos.load(Ordering::Relaxed)
@@ -503,40 +841,40 @@ impl SessionCache {
         entry.age(now) < self.trust(entry) && entry.expires().is_none_or(|at| now < at)
     }
 
-    /// Looks `key` up. A trusted entry is a hit; otherwise the caller gets a guard to
-    /// load it (other callers for the same key wait for that load), and the untrusted
-    /// entry it replaces, if any.
-    pub async fn probe(&self, digest: &[u8; 32], now: Instant) -> Probe<'_> {
-        let Some(inner) = &self.inner else {
-            return Probe::Load(None, None);
-        };
-        let key = key(digest);
-        if !self.push.allows(now) {
-            return Probe::Bypass(inner.peek(&key));
-        }
-        let mut stale = None;
-        loop {
-            match inner.get_value_or_guard_async(&key).await {
-                Ok(entry) if self.is_trusted(&entry, now) => return Probe::Hit(entry),
-                Ok(entry) => {
-                    // Drop the untrusted entry, then race to load it again.
-                    inner.remove_if(&key, |v| Arc::ptr_eq(v, &entry));
-                    stale = Some(entry);
-                }
-                Err(guard) => return Probe::Load(Some(guard), stale),
-            }
-        }
-    }
-
-    /// The entry for `key` whatever its age (used to tell "revoked" from "missing").
+    /// The entry for `digest` whatever its age (used to tell "revoked" from "missing").
     pub fn peek(&self, digest: &[u8; 32]) -> Option<Arc<Entry>> {
-        self.inner.as_ref().and_then(|c| c.peek(&key(digest)))
+        let key = key(digest);
+        self.inner
+            .as_ref()
+            .and_then(|c| c.peek(&key))
+            .or_else(|| self.negatives.as_ref().and_then(|c| c.peek(&key)))
     }
 
-    /// Inserts or replaces an entry.
+    /// Inserts or replaces an entry (a session in the weighted bound, a negative answer
+    /// in its own).
     pub fn insert(&self, digest: [u8; 32], entry: Arc<Entry>) {
-        if let Some(inner) = &self.inner {
-            inner.insert(key(&digest), entry);
+        let (Some(inner), Some(negatives)) = (&self.inner, &self.negatives) else {
+            return;
+        };
+        let key = key(&digest);
+        if entry.kind.is_negative() {
+            inner.remove(&key);
+            negatives.insert(key, entry);
+        } else {
+            negatives.remove(&key);
+            inner.insert(key, entry);
+        }
+    }
+
+    /// Drops what is cached for `digest` (session and negative entry), without counting
+    /// an invalidation: a newer read replaces it but cannot itself be cached.
+    fn forget(&self, digest: &[u8; 32]) {
+        let key = key(digest);
+        if let Some(c) = &self.negatives {
+            c.remove(&key);
+        }
+        if let Some(c) = &self.inner {
+            c.remove(&key);
         }
     }
 
@@ -545,10 +883,16 @@ impl SessionCache {
     pub fn invalidate(&self, digest: &[u8; 32]) -> bool {
         self.bucket(digest).fetch_add(1, Ordering::AcqRel);
         let key = key(digest);
+        self.watches.wake(&key);
         if let Some(tokens) = &self.tokens {
             tokens.remove(&key);
         }
-        self.inner.as_ref().and_then(|c| c.remove(&key)).is_some()
+        let negative = self
+            .negatives
+            .as_ref()
+            .and_then(|c| c.remove(&key))
+            .is_some();
+        self.inner.as_ref().and_then(|c| c.remove(&key)).is_some() || negative
     }
 
     /// Drops everything; loads in flight will not be cached.
@@ -556,8 +900,12 @@ impl SessionCache {
         for g in self.generations.iter() {
             g.fetch_add(1, Ordering::AcqRel);
         }
+        self.watches.wake_all();
         if let Some(inner) = &self.inner {
             inner.clear();
+        }
+        if let Some(negatives) = &self.negatives {
+            negatives.clear();
         }
         if let Some(tokens) = &self.tokens {
             tokens.clear();
@@ -566,7 +914,7 @@ impl SessionCache {
 
     /// Number of cached entries (sessions and negative entries).
     pub fn len(&self) -> usize {
-        self.inner.as_ref().map_or(0, Cache::len)
+        self.inner.as_ref().map_or(0, Cache::len) + self.negatives.as_ref().map_or(0, Cache::len)
     }
 
     /// Number of sessions holding cached tokens.
@@ -664,81 +1012,308 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
 
-    fn counter() -> IntCounter {
-        IntCounter::new("evictions", "test").unwrap()
+    fn limits(ttl_ms: u64) -> CacheLimits {
+        CacheLimits {
+            ttl: Duration::from_millis(ttl_ms),
+            negative_ttl: Duration::from_millis(ttl_ms / 2),
+            max_entries: 1000,
+            ..CacheLimits::default()
+        }
     }
 
     fn cache(ttl_ms: u64) -> SessionCache {
-        SessionCache::new(
-            Duration::from_millis(ttl_ms),
-            Duration::from_millis(ttl_ms / 2),
-            1000,
-            DEFAULT_MAX_BYTES,
-            DEFAULT_TOKEN_MAX_BYTES,
-            counter(),
-            counter(),
-        )
+        SessionCache::new(&limits(ttl_ms), CacheEvents::detached())
     }
 
-    #[tokio::test]
-    async fn probe_hit_then_untrusted_after_ttl() {
-        let c = cache(1000);
-        let key = [7u8; 32];
-        let t0 = Instant::now();
-        match c.probe(&key, t0).await {
-            Probe::Load(Some(guard), None) => {
-                let _ = guard.insert(Arc::new(Entry::new(None, t0)));
-            }
-            _ => panic!("expected a load guard"),
+    fn failure() -> StoreFailure {
+        StoreFailure {
+            op: "GET",
+            message: "down".into(),
+            timeout: true,
         }
-        assert!(matches!(
-            c.probe(&key, t0 + Duration::from_millis(100)).await,
-            Probe::Hit(_)
-        ));
+    }
+
+    type Make = Result<fn() -> Stored, ()>;
+
+    /// A lookup whose load answers `stored` (or fails) and counts its calls.
+    async fn lookup(
+        c: &SessionCache,
+        digest: [u8; 32],
+        freshness: Freshness,
+        now: Instant,
+        loads: &AtomicU64,
+        stored: Make,
+    ) -> Result<Loaded, StoreFailure> {
+        c.get_or_load(&digest, freshness, now, || async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            match stored {
+                Ok(make) => Ok(Entry::new(make(), now)),
+                Err(()) => Err(failure()),
+            }
+        })
+        .await
+    }
+
+    fn digest(i: u32, tag: u8) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(&i.to_le_bytes());
+        key[8] = tag;
+        key
+    }
+
+    const ABSENT: Make = Ok(|| Stored::Absent);
+    const ANON: Make = Ok(|| Stored::Anonymous);
+
+    #[tokio::test]
+    async fn hits_until_the_trust_window_ends_then_reloads() {
+        let c = cache(1000);
+        let loads = AtomicU64::new(0);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let at = |t| lookup(&c, [7; 32], Freshness::Cached, t, &loads, ABSENT);
+        let first = at(t0).await.unwrap();
+        assert_eq!(
+            (first.source, loads.load(Ordering::SeqCst)),
+            (Source::Redis, 1)
+        );
+        let hit = at(t0 + ms(100)).await.unwrap();
+        assert_eq!(
+            (hit.source, loads.load(Ordering::SeqCst)),
+            (Source::Cache, 1)
+        );
         // Negative entries are trusted for half the ttl here.
-        assert!(matches!(
-            c.probe(&key, t0 + Duration::from_millis(600)).await,
-            Probe::Load(Some(_), Some(_))
-        ));
+        let later = at(t0 + ms(600)).await.unwrap();
+        assert_eq!(
+            (later.source, loads.load(Ordering::SeqCst)),
+            (Source::Redis, 2)
+        );
+        assert!(later.previous.is_some(), "the stale entry is reported");
+        // Live lookups always read, and refresh the cache.
+        let live = lookup(&c, [7; 32], Freshness::Live, t0 + ms(700), &loads, ABSENT)
+            .await
+            .unwrap();
+        assert_eq!(
+            (live.source, loads.load(Ordering::SeqCst)),
+            (Source::Redis, 3)
+        );
+    }
+
+    /// A critical route's read (no expiry learnt) is cached only with the expiry of the
+    /// entry it replaces; with nothing to inherit it is not cached, and it still
+    /// replaces a negative entry, which would otherwise refuse a session that exists.
+    #[tokio::test]
+    async fn a_live_read_without_expiry_inherits_it_or_is_not_cached() {
+        let c = cache(10_000);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let live = |digest: &'static [u8; 32], now: Instant| {
+            c.get_or_load(digest, Freshness::Live, now, move || async move {
+                Ok(Entry::new(Stored::Anonymous, now).expiry_unknown())
+            })
+        };
+        // Nothing cached: not cached either.
+        live(&[1; 32], t0).await.unwrap();
+        assert!(c.peek(&[1; 32]).is_none(), "cached without an expiry");
+
+        // A cached entry that expires at t0 + 2 s: the live read keeps that expiry.
+        c.insert(
+            [2; 32],
+            Arc::new(Entry::new(Stored::Anonymous, t0).expiring(Some(t0 + ms(2000)))),
+        );
+        live(&[2; 32], t0 + ms(500)).await.unwrap();
+        let kept = c.peek(&[2; 32]).expect("the live read is cached");
+        assert_eq!(
+            kept.fetched(),
+            t0 + ms(500),
+            "the newer read replaced the old"
+        );
+        assert_eq!(kept.expires(), Some(t0 + ms(2000)));
+
+        // A negative entry is dropped by a live read that found a value.
+        c.insert([3; 32], Arc::new(Entry::new(Stored::Absent, t0)));
+        assert!(c.peek(&[3; 32]).is_some());
+        live(&[3; 32], t0 + ms(100)).await.unwrap();
+        assert!(
+            c.peek(&[3; 32]).is_none(),
+            "the stale negative answer survived"
+        );
+
+        // A live read that finds nothing is cached as usual.
+        c.get_or_load(&[4; 32], Freshness::Live, t0, || async move {
+            Ok(Entry::new(Stored::Absent, t0).expiry_unknown())
+        })
+        .await
+        .unwrap();
+        assert!(c.peek(&[4; 32]).is_some());
     }
 
     #[tokio::test]
-    async fn disabled_cache_never_hits() {
-        let c = SessionCache::new(
-            Duration::ZERO,
-            Duration::ZERO,
-            10,
-            DEFAULT_MAX_BYTES,
-            DEFAULT_TOKEN_MAX_BYTES,
-            counter(),
-            counter(),
-        );
+    async fn a_disabled_cache_always_loads() {
+        let limits = CacheLimits {
+            ttl: Duration::ZERO,
+            ..CacheLimits::default()
+        };
+        let c = SessionCache::new(&limits, CacheEvents::detached());
         assert!(!c.is_enabled());
-        c.insert([1; 32], Arc::new(Entry::new(None, Instant::now())));
-        assert!(matches!(
-            c.probe(&[1; 32], Instant::now()).await,
-            Probe::Load(None, None)
-        ));
+        let loads = AtomicU64::new(0);
+        let now = Instant::now();
+        for _ in 0..3 {
+            let l = lookup(&c, [1; 32], Freshness::Cached, now, &loads, ANON)
+                .await
+                .unwrap();
+            assert_eq!(l.source, Source::Redis);
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 3);
+        c.insert([1; 32], Arc::new(Entry::new(Stored::Absent, now)));
+        assert!(c.peek(&[1; 32]).is_none());
+    }
+
+    /// Spawns lookups of one key whose load waits for `gate`, and waits until one of
+    /// them is loading and the rest have had time to queue behind it.
+    async fn spawn_waiting(
+        c: &Arc<SessionCache>,
+        loads: &Arc<AtomicU64>,
+        gate: &Arc<tokio::sync::Notify>,
+        fail: bool,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<Source, StoreFailure>>> {
+        let before = loads.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (c, loads, gate) = (c.clone(), loads.clone(), gate.clone());
+                tokio::spawn(async move {
+                    c.get_or_load(&[2; 32], Freshness::Cached, now, || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        gate.notified().await;
+                        if fail {
+                            Err(failure())
+                        } else {
+                            Ok(Entry::new(Stored::Anonymous, now))
+                        }
+                    })
+                    .await
+                    .map(|l| l.source)
+                })
+            })
+            .collect();
+        while loads.load(Ordering::SeqCst) == before {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        tasks
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_read_and_its_failure() {
+        let c = Arc::new(cache(60_000));
+        let loads = Arc::new(AtomicU64::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        // Ten lookups while Redis hangs: one read, one failure for all.
+        let waiting = spawn_waiting(&c, &loads, &gate, true, 10).await;
+        gate.notify_waiters();
+        for w in waiting {
+            assert!(w.await.unwrap().is_err());
+        }
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            1,
+            "one timeout, not one per waiter"
+        );
+        // Then a successful shared read, cached for everyone after.
+        let waiting = spawn_waiting(&c, &loads, &gate, false, 10).await;
+        gate.notify_waiters();
+        for w in waiting {
+            assert_eq!(w.await.unwrap().unwrap(), Source::Redis);
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        assert!(c.peek(&[2; 32]).is_some());
+        assert!(c.flights.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lookup_never_joins_a_read_older_than_an_invalidation() {
+        let c = Arc::new(cache(60_000));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let now = Instant::now();
+        let (c2, gate2) = (c.clone(), gate.clone());
+        let before = tokio::spawn(async move {
+            c2.get_or_load(&[4; 32], Freshness::Cached, now, || async move {
+                gate2.notified().await;
+                Ok(Entry::new(Stored::Anonymous, now))
+            })
+            .await
+            .map(|l| l.entry.kind())
+        });
+        while c.flights.lock().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // A DEL's invalidation arrives while that read is in flight.
+        c.invalidate(&[4; 32]);
+        let loads = AtomicU64::new(0);
+        let after = lookup(&c, [4; 32], Freshness::Cached, now, &loads, ABSENT)
+            .await
+            .unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "its own read");
+        assert_eq!(after.entry.kind(), Kind::Absent);
+        gate.notify_waiters();
+        assert_eq!(before.await.unwrap().unwrap(), Kind::Anonymous);
+        // The raced read is not cached, and takes the newer answer out with it.
+        assert!(c.peek(&[4; 32]).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_store_failing_falls_back_only_to_a_trusted_entry() {
+        let c = cache(1000);
+        let loads = AtomicU64::new(0);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        c.insert(
+            [6; 32],
+            Arc::new(Entry::new(Stored::Session(session()), t0)),
+        );
+        c.suspend(); // a push channel attached but not vouching: bypass
+        let l = lookup(
+            &c,
+            [6; 32],
+            Freshness::Cached,
+            t0 + ms(500),
+            &loads,
+            Err(()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(l.source, Source::Cache, "outage fallback within cache_ttl");
+        let late = lookup(
+            &c,
+            [6; 32],
+            Freshness::Cached,
+            t0 + ms(1500),
+            &loads,
+            Err(()),
+        )
+        .await;
+        assert!(late.is_err(), "not past cache_ttl");
+        let live = lookup(&c, [6; 32], Freshness::Live, t0, &loads, Err(())).await;
+        assert!(live.is_err(), "never for live lookups");
     }
 
     #[test]
     fn entry_bound_is_enforced() {
-        let evictions = counter();
-        let c = SessionCache::new(
-            Duration::from_secs(5),
-            Duration::from_secs(1),
-            100,
-            DEFAULT_MAX_BYTES,
-            DEFAULT_TOKEN_MAX_BYTES,
-            evictions.clone(),
-            counter(),
-        );
+        let events = CacheEvents::detached();
+        let evictions = events.eviction.clone();
+        let limits = CacheLimits {
+            max_entries: 100,
+            ..CacheLimits::default()
+        };
+        let c = SessionCache::new(&limits, events);
         let now = Instant::now();
         for i in 0..1000u32 {
-            let mut key = [0u8; 32];
-            key[..4].copy_from_slice(&i.to_le_bytes());
-            c.insert(key, Arc::new(Entry::new(None, now)));
+            c.insert(digest(i, 0), Arc::new(Entry::new(Stored::Anonymous, now)));
         }
         assert!(c.len() <= 100, "len {}", c.len());
         assert!(c.len() >= 50, "len {}", c.len());
@@ -746,92 +1321,103 @@ mod tests {
     }
 
     #[test]
+    fn a_flood_of_unknown_cookies_evicts_no_session() {
+        let events = CacheEvents::detached();
+        let evictions = events.eviction.clone();
+        let negative_evictions = events.negative_eviction.clone();
+        let limits = CacheLimits {
+            max_entries: 1000,
+            negative_max_entries: 100,
+            ..CacheLimits::default()
+        };
+        let c = SessionCache::new(&limits, events);
+        let now = Instant::now();
+        for i in 0..500 {
+            c.insert(
+                digest(i, 1),
+                Arc::new(Entry::new(Stored::Session(session()), now)),
+            );
+        }
+        for i in 0..100_000 {
+            c.insert(digest(i, 2), Arc::new(Entry::new(Stored::Absent, now)));
+        }
+        assert_eq!(evictions.get(), 0);
+        assert!(
+            negative_evictions.get() >= 99_000,
+            "{}",
+            negative_evictions.get()
+        );
+        assert!((0..500).all(|i| {
+            c.peek(&digest(i, 1))
+                .is_some_and(|e| e.kind() == Kind::Session)
+        }));
+        assert!(c.len() <= 600, "{}", c.len());
+    }
+
+    #[test]
     fn byte_bound_is_enforced() {
         // 64 KiB for up to 10_000 entries: each entry weighs at least its real size.
-        let c = SessionCache::new(
-            Duration::from_secs(5),
-            Duration::from_secs(1),
-            10_000,
-            64 * 1024,
-            0,
-            counter(),
-            counter(),
-        );
+        let limits = CacheLimits {
+            max_entries: 10_000,
+            max_bytes: 64 * 1024,
+            token_max_bytes: 0,
+            ..CacheLimits::default()
+        };
+        let c = SessionCache::new(&limits, CacheEvents::detached());
         let now = Instant::now();
         for i in 0..1000u32 {
-            let mut key = [0u8; 32];
-            key[..4].copy_from_slice(&i.to_le_bytes());
-            c.insert(key, Arc::new(Entry::new(None, now)));
+            c.insert(digest(i, 0), Arc::new(Entry::new(Stored::Anonymous, now)));
         }
-        let per_entry = EntryWeighter::bytes(&Entry::new(None, now));
+        let per_entry = EntryWeighter::bytes(&Entry::new(Stored::Anonymous, now));
         assert!(c.len() as u64 * per_entry <= 64 * 1024, "len {}", c.len());
         assert!(c.weight() <= 64 * 1024, "weight {}", c.weight());
         assert!(c.len() as u64 * per_entry >= 32 * 1024, "len {}", c.len());
     }
 
     #[tokio::test]
-    async fn invalidation_during_a_load_prevents_caching_it() {
-        let c = cache(10_000);
-        let key = [9u8; 32];
-        let now = Instant::now();
-        let Probe::Load(guard, _) = c.probe(&key, now).await else {
-            panic!("expected load")
-        };
-        let generation = c.generation(&key);
-        // The invalidation of a DEL arrives while the GET reply is in flight.
-        c.invalidate(&key);
-        assert!(!c.insert_if_current(key, Arc::new(Entry::new(None, now)), generation, guard));
-        assert!(c.peek(&key).is_none());
-        // A load that saw no invalidation is cached.
-        let Probe::Load(guard, _) = c.probe(&key, now).await else {
-            panic!("expected load")
-        };
-        let generation = c.generation(&key);
-        assert!(c.insert_if_current(key, Arc::new(Entry::new(None, now)), generation, guard));
-        assert!(c.peek(&key).is_some());
-        c.clear();
-        assert!(c.peek(&key).is_none());
-    }
-
-    #[tokio::test]
     async fn an_attached_push_channel_gates_hits_by_its_lease() {
         let c = cache(60_000);
-        let key = [3u8; 32];
+        let loads = AtomicU64::new(0);
         let t0 = Instant::now();
-        c.insert(key, Arc::new(Entry::new(None, t0)));
-        assert!(
-            matches!(c.probe(&key, t0).await, Probe::Hit(_)),
-            "no channel"
-        );
-        // Attached but not yet armed: bypass, handing out the cached entry as a fallback.
+        let ms = Duration::from_millis;
+        c.insert([3; 32], Arc::new(Entry::new(Stored::Anonymous, t0)));
+        let (c, loads) = (&c, &loads);
+        let source = move |t| async move {
+            lookup(c, [3; 32], Freshness::Cached, t, loads, ANON)
+                .await
+                .unwrap()
+                .source
+        };
+        assert_eq!(source(t0).await, Source::Cache, "no channel");
+        // Attached but not yet armed: the store answers.
         c.suspend();
         assert!(c.push_attached());
-        assert!(matches!(c.probe(&key, t0).await, Probe::Bypass(Some(_))));
+        assert_eq!(source(t0).await, Source::Redis);
         // Vouched for until t0 + 500 ms.
-        c.confirm_until(t0 + Duration::from_millis(500));
-        assert!(matches!(
-            c.probe(&key, t0 + Duration::from_millis(100)).await,
-            Probe::Hit(_)
-        ));
+        c.confirm_until(t0 + ms(500));
+        assert_eq!(source(t0 + ms(100)).await, Source::Cache);
         // The lease lapses without a renewal: bypass again.
-        assert!(matches!(
-            c.probe(&key, t0 + Duration::from_millis(600)).await,
-            Probe::Bypass(Some(_))
-        ));
+        assert_eq!(source(t0 + ms(600)).await, Source::Redis);
         c.confirm_until(t0 + Duration::from_secs(10));
         c.suspend();
-        assert!(matches!(c.probe(&key, t0).await, Probe::Bypass(_)));
+        assert!(!c.push_allows(t0));
         // A retired channel can never vouch again.
         c.retire_push();
         c.confirm_until(t0 + Duration::from_secs(10));
-        assert!(matches!(c.probe(&key, t0).await, Probe::Bypass(_)));
+        assert!(!c.push_allows(t0));
     }
 
     fn session() -> Session {
-        let token = crate::SessionToken::parse("abcdefghijklmnopqrstuvwxyz012345").unwrap();
-        let settings = crate::SessionSettings::default();
-        crate::session::record::decode(br#"{"sub":"u-1","roles":["a"]}"#, &token, &settings)
+        let id = crate::SessionId::raw("abcdefghijklmnopqrstuvwxyz012345");
+        let doc = crate::format::Document::json(br#"{"sub":"u-1","roles":["a"]}"#).unwrap();
+        match crate::SessionSettings::default()
+            .fields
+            .extract(&doc, true, &id)
             .unwrap()
+        {
+            crate::format::Decoded::Session(s) => s,
+            crate::format::Decoded::Anonymous => unreachable!(),
+        }
     }
 
     #[test]
@@ -864,15 +1450,16 @@ mod tests {
             std::mem::size_of::<Entry>()
         );
         let t0 = Instant::now();
-        let e = Entry::new(None, t0).expiring(Some(t0 + Duration::from_millis(1500)));
+        let e = Entry::new(Stored::Absent, t0).expiring(Some(t0 + Duration::from_millis(1500)));
         assert_eq!(e.expires(), Some(e.fetched() + Duration::from_millis(1500)));
         assert!(e.fetched() <= t0 && t0 - e.fetched() < Duration::from_micros(1));
-        let far = Entry::new(None, t0).expiring(Some(t0 + Duration::from_secs(100 * 86_400)));
+        let far =
+            Entry::new(Stored::Absent, t0).expiring(Some(t0 + Duration::from_secs(100 * 86_400)));
         assert!(
             far.expires().unwrap() < t0 + Duration::from_secs(50 * 86_400),
             "kept as ~49 days"
         );
-        assert_eq!(Entry::new(None, t0).expires(), None);
+        assert_eq!(Entry::new(Stored::Absent, t0).expires(), None);
     }
 
     #[test]
@@ -885,7 +1472,7 @@ mod tests {
             let jwt = SignedJwt::fake(text, 0, ttl);
             c.keep_token(key, e, aud.into(), Duration::from_secs(ttl), jwt);
         };
-        let first = Arc::new(Entry::new(Some(session()), now));
+        let first = Arc::new(Entry::new(Stored::Session(session()), now));
         c.insert(key, first.clone());
         keep(&first, "orders", 300, "t1");
         keep(&first, "pay", 60, "t2");
@@ -908,7 +1495,7 @@ mod tests {
 
         // A new store read under the same key (a new session after a revocation) never
         // sees the old entry's tokens, and the old entry can no longer keep any.
-        let second = Arc::new(Entry::new(Some(session()), now));
+        let second = Arc::new(Entry::new(Stored::Session(session()), now));
         c.insert(key, second.clone());
         assert_eq!(got(&second, "orders", 300), None);
         keep(&first, "orders", 300, "old");
@@ -931,22 +1518,22 @@ mod tests {
     #[test]
     fn token_eviction_keeps_the_sessions() {
         // 1 MiB for 4 KiB tokens: ~250 fit.
-        let token_evictions = counter();
-        let c = SessionCache::new(
-            Duration::from_secs(60),
-            Duration::from_secs(1),
-            10_000,
-            4 * 1024 * 1024,
-            1024 * 1024,
-            counter(),
-            token_evictions.clone(),
-        );
+        let events = CacheEvents::detached();
+        let token_evictions = events.token_eviction.clone();
+        let limits = CacheLimits {
+            ttl: Duration::from_secs(60),
+            max_entries: 10_000,
+            max_bytes: 4 * 1024 * 1024,
+            token_max_bytes: 1024 * 1024,
+            ..CacheLimits::default()
+        };
+        let c = SessionCache::new(&limits, events);
         let now = Instant::now();
         let big = "x".repeat(4096);
         for i in 0..1000u32 {
             let mut key = [0u8; 32];
             key[..4].copy_from_slice(&i.to_le_bytes());
-            let entry = Arc::new(Entry::new(Some(session()), now));
+            let entry = Arc::new(Entry::new(Stored::Session(session()), now));
             c.insert(key, entry.clone());
             c.keep_token(
                 key,
@@ -980,10 +1567,10 @@ mod tests {
     fn an_entry_is_not_trusted_past_its_key_expiry() {
         let c = cache(60_000);
         let t0 = Instant::now();
-        let entry = Entry::new(None, t0).expiring(Some(t0 + Duration::from_millis(200)));
+        let entry = Entry::new(Stored::Absent, t0).expiring(Some(t0 + Duration::from_millis(200)));
         assert!(c.is_trusted(&entry, t0 + Duration::from_millis(100)));
         assert!(!c.is_trusted(&entry, t0 + Duration::from_millis(200)));
-        let forever = Entry::new(None, t0).expiring(None);
+        let forever = Entry::new(Stored::Absent, t0).expiring(None);
         assert!(c.is_trusted(&forever, t0 + Duration::from_millis(200)));
         assert!(
             !c.is_trusted(&forever, t0 + Duration::from_secs(30)),

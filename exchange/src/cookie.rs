@@ -1,4 +1,4 @@
-//! The session cookie value, validated before it can reach Redis.
+//! The `sessiongate` format's cookie value, validated before it can reach Redis.
 
 use std::fmt;
 
@@ -32,6 +32,17 @@ pub enum InvalidCookie {
     /// A character outside `[A-Za-z0-9_-.~]`.
     #[error("session cookie contains a character outside [A-Za-z0-9_-.~]")]
     BadCharacter,
+}
+
+impl InvalidCookie {
+    /// What is wrong, as a fixed phrase (for [`crate::format::Malformed::Cookie`]).
+    pub fn reason(self) -> &'static str {
+        match self {
+            InvalidCookie::TooShort => "shorter than 16 characters",
+            InvalidCookie::TooLong => "longer than 512 characters",
+            InvalidCookie::BadCharacter => "a character outside [A-Za-z0-9_-.~]",
+        }
+    }
 }
 
 impl SessionToken {
@@ -83,46 +94,6 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~')
 }
 
-/// Finds the value of cookie `name` in a `Cookie` request header.
-///
-/// Returns the first occurrence; pairs are separated by `;` with optional spaces.
-pub fn find_cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|pair| {
-        let pair = pair.trim_matches(' ');
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| v.trim_matches('"'))
-    })
-}
-
-/// Removes cookie `name` from a `Cookie` header, keeping every other pair in order.
-///
-/// Returns `None` when nothing is left.
-pub fn strip_cookie(header: &str, name: &str) -> Option<String> {
-    let mut out = String::with_capacity(header.len());
-    strip_cookie_into(header, name, &mut out);
-    (!out.is_empty()).then_some(out)
-}
-
-/// [`strip_cookie`] that appends the remaining pairs to `out`, separated from what `out`
-/// already holds (and from each other) by `"; "`: calling it for every `Cookie` header
-/// of a request builds the single header that joins them, without a buffer per header.
-pub fn strip_cookie_into(header: &str, name: &str, out: &mut String) {
-    for pair in header.split(';') {
-        let trimmed = pair.trim_matches(' ');
-        if trimmed.is_empty() {
-            continue;
-        }
-        let is_session = trimmed.split_once('=').is_some_and(|(k, _)| k == name);
-        if is_session {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str("; ");
-        }
-        out.push_str(trimmed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,55 +126,5 @@ mod tests {
         let t = SessionToken::parse("supersecretcookievalue").unwrap();
         assert!(!format!("{t:?}").contains("supersecret"));
         assert!(!format!("{t}").contains("supersecret"));
-    }
-
-    #[test]
-    fn find_cookie_table() {
-        let cases: &[(&str, &str, Option<&str>)] = &[
-            ("a=1; s=xyz; b=2", "s", Some("xyz")),
-            ("s=xyz", "s", Some("xyz")),
-            ("ss=1; s=2", "s", Some("2")),
-            ("a=1;s=2", "s", Some("2")),
-            ("a=1", "s", None),
-            ("s=\"q\"", "s", Some("q")),
-            ("s=first; s=second", "s", Some("first")),
-            ("", "s", None),
-        ];
-        for (header, name, expected) in cases {
-            assert_eq!(find_cookie(header, name), *expected, "header {header:?}");
-        }
-    }
-
-    #[test]
-    fn strip_cookie_table() {
-        let cases: &[(&str, Option<&str>)] = &[
-            ("a=1; s=xyz; b=2", Some("a=1; b=2")),
-            ("s=xyz", None),
-            ("s=1; s=2; c=3", Some("c=3")),
-            ("a=1;s=2;b=3", Some("a=1; b=3")),
-            ("ss=1; s=2", Some("ss=1")),
-        ];
-        for (header, expected) in cases {
-            assert_eq!(
-                strip_cookie(header, "s").as_deref(),
-                *expected,
-                "header {header:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn strip_cookie_into_joins_headers_like_strip_then_join() {
-        let headers = ["a=1; s=x", "s=y", "", "b=2;c=3", " s=z ; d=4"];
-        let joined: Vec<String> = headers
-            .iter()
-            .filter_map(|h| strip_cookie(h, "s"))
-            .collect();
-        let mut out = String::new();
-        for h in headers {
-            strip_cookie_into(h, "s", &mut out);
-        }
-        assert_eq!(out, joined.join("; "));
-        assert_eq!(out, "a=1; b=2; c=3; d=4");
     }
 }

@@ -1,18 +1,17 @@
 //! Session lookup, caching, claims and token minting for sessiongate.
 //!
-//! The gateway hands this crate a validated [`SessionToken`] and gets back an
-//! authentication answer ([`SessionLookup`]) or an infrastructure [`Error`], then asks
-//! for a token for the route's [`Audience`]. This crate never forwards anything and
-//! knows nothing of HTTP.
+//! The gateway hands this crate the session cookie's value and gets back an
+//! authentication answer ([`SessionLookup`]: only its valid arm carries a session), then
+//! asks for a token for the route's [`Audience`]. Sessions may be written by sessiongate
+//! or by a framework ([`format`]). This crate never forwards anything and knows nothing
+//! of HTTP.
 //!
 //! ```no_run
 //! # async fn demo(exchange: exchange::Exchange) -> Result<(), exchange::Error> {
-//! use exchange::{Audience, Freshness, SessionLookup, SessionToken};
-//! let token = SessionToken::parse("cookie-value-from-the-browser").expect("valid cookie");
-//! let resolved = exchange.lookup(&token, Freshness::Cached).await?;
-//! if let SessionLookup::Valid(_) = resolved.lookup {
-//!     let jwt = exchange.token(&resolved, &Audience::new("orders"), std::time::Duration::from_secs(300))?;
-//!     println!("Authorization: {}", std::str::from_utf8(jwt.bearer()).unwrap_or_default());
+//! use exchange::{Audience, Freshness, SessionLookup};
+//! if let SessionLookup::Valid(valid) = exchange.lookup("cookie-value-from-the-browser", Freshness::Cached).await {
+//!     let jwt = exchange.token(&valid, &Audience::new("orders"), std::time::Duration::from_secs(300))?;
+//!     println!("Authorization: Bearer {}", jwt.jwt());
 //! }
 //! # Ok(()) }
 //! ```
@@ -20,29 +19,37 @@
 pub mod cache;
 pub mod cookie;
 mod error;
+pub mod format;
+pub mod keyspace;
 pub mod metrics;
 pub mod mint;
+pub mod pickle;
 pub mod push;
 pub mod revocation;
 pub mod session;
 pub mod store;
 #[cfg(test)]
 mod tests;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tracing::warn;
 
 pub use cookie::{InvalidCookie, SessionToken};
 pub use error::Error;
+pub use format::{Malformed, SessionId};
+pub use keyspace::Keyspace;
 pub use metrics::Metrics;
 pub use mint::{Audience, Minter, SignedJwt};
-pub use session::{Session, SessionLookup, SessionSettings, Sid, Source};
+pub use session::{Outcome, Session, SessionLookup, SessionSettings, Sid, Source, ValidSession};
 
 pub use cache::SessionRef;
-use cache::{Entry, Probe, SessionCache};
-use session::record::{self, redis_key};
+use cache::{Entry, Kind, Loaded, SessionCache, StoreFailure, Stored};
+use format::{Decoded, MAX_VALUE_BYTES, SessionFormat};
+use metrics::LookupCounters;
 use store::SessionStore;
 
 /// How fresh a lookup must be.
@@ -54,27 +61,33 @@ pub enum Freshness {
     Cached,
 }
 
-/// The answer to a lookup, with what is needed to issue a token for it.
-pub struct Resolved {
-    /// The authentication outcome.
-    pub lookup: SessionLookup,
-    /// Where it came from.
-    pub source: Source,
-    /// Unix time at which the session was confirmed live in the store, for `chk`.
-    pub confirmed_at: Option<u64>,
-    entry: Option<Arc<Entry>>,
-    /// The cache key (the cookie's digest) the entry belongs to.
-    key: [u8; 32],
-    live: bool,
+/// The settings and what is built from them, swapped whole on reload.
+struct View {
+    settings: SessionSettings,
+    format: Arc<dyn SessionFormat>,
+    keyspace: Keyspace,
+}
+
+impl View {
+    fn new(settings: SessionSettings) -> Self {
+        let keyspace = settings.keyspace();
+        let format = keyspace.format().clone();
+        Self {
+            settings,
+            format,
+            keyspace,
+        }
+    }
 }
 
 /// Session lookups and token issuance over a store, a cache and a minter.
 pub struct Exchange {
     store: Arc<dyn SessionStore>,
     cache: Arc<SessionCache>,
-    settings: ArcSwap<SessionSettings>,
+    view: ArcSwap<View>,
     minter: Minter,
     metrics: Arc<Metrics>,
+    lookups: LookupCounters,
 }
 
 impl Exchange {
@@ -85,20 +98,13 @@ impl Exchange {
         minter: Minter,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let cache = SessionCache::new(
-            settings.cache_ttl,
-            settings.negative_cache_ttl,
-            settings.cache_max_entries,
-            settings.cache_max_bytes,
-            settings.token_cache_max_bytes,
-            metrics.session_cache.with_label_values(&["eviction"]),
-            metrics.session_cache.with_label_values(&["token_eviction"]),
-        );
+        let cache = SessionCache::new(&settings.cache, metrics.cache_events());
         Self {
             store,
             cache: Arc::new(cache),
-            settings: ArcSwap::from_pointee(settings),
+            view: ArcSwap::from_pointee(View::new(settings)),
             minter,
+            lookups: LookupCounters::new(&metrics),
             metrics,
         }
     }
@@ -109,46 +115,49 @@ impl Exchange {
     }
 
     /// The current session settings.
-    pub fn settings(&self) -> Arc<SessionSettings> {
-        self.settings.load_full()
+    pub fn settings(&self) -> SessionSettings {
+        self.view.load().settings.clone()
+    }
+
+    /// The current keyspace.
+    pub fn keyspace(&self) -> Keyspace {
+        self.view.load().keyspace.clone()
     }
 
     /// Applies new session settings (hot reload). Trust windows change at once; when the
     /// way sessions are keyed or decoded changes, the cache is flushed so nothing decoded
-    /// under the old rules is reused. `cache_max_entries`, and turning a disabled cache
-    /// on, need a restart; the returned list names what was not applied. A new key prefix
-    /// (or hashing) while a push channel is attached makes the cache bypassed until
-    /// restart, since the channel still tracks the old prefix.
+    /// under the old rules is reused. The cache's size bounds, and turning a disabled
+    /// cache on, need a restart; the returned list names what was not applied. A new key
+    /// prefix or format while a push channel is attached makes the cache bypassed until
+    /// restart, since the channel still tracks the old keys.
     pub fn reconfigure(&self, new: SessionSettings) -> Vec<&'static str> {
-        let old = self.settings.load_full();
+        let old = self.view.load_full();
+        let old = &old.settings;
         let mut not_applied = Vec::new();
-        if new.cache_max_entries != old.cache_max_entries {
+        if new.cache.max_entries != old.cache.max_entries {
             not_applied.push("session.cache_max_entries");
         }
-        if new.cache_max_bytes != old.cache_max_bytes {
+        if new.cache.max_bytes != old.cache.max_bytes {
             not_applied.push("session.cache_max_bytes");
         }
-        if new.token_cache_max_bytes != old.token_cache_max_bytes {
+        if new.cache.token_max_bytes != old.cache.token_max_bytes {
             not_applied.push("session.token_cache_max_bytes");
         }
-        if !self.cache.is_enabled() && !new.cache_ttl.is_zero() {
+        if !self.cache.is_enabled() && !new.cache.ttl.is_zero() {
             not_applied.push("session.cache_ttl (the cache was disabled at start)");
         }
-        let retargeted = new.key_prefix != old.key_prefix || new.hashed_keys != old.hashed_keys;
+        let retargeted = new.key_prefix != old.key_prefix || new.format != old.format;
         if retargeted && self.cache.push_attached() {
-            // The push channel tracks the old key prefix: it can no longer vouch for
-            // anything cached under the new one, so the cache is bypassed until restart.
+            // The push channel tracks the old keys: it can no longer vouch for anything
+            // cached under the new ones, so the cache is bypassed until restart.
             self.cache.retire_push();
             not_applied.push(
-                "session.key_prefix / session.hashed_keys for push invalidation (the cache is bypassed until restart)",
+                "session.key_prefix / session.format / session.hashed_keys for push invalidation (the cache is bypassed until restart)",
             );
         }
-        let rekeyed = retargeted
-            || new.subject_field != old.subject_field
-            || new.claims != old.claims
-            || new.cookie != old.cookie;
-        self.cache.set_ttls(new.cache_ttl, new.negative_cache_ttl);
-        self.settings.store(Arc::new(new));
+        let rekeyed = retargeted || new.fields != old.fields || new.cookie != old.cookie;
+        self.cache.set_ttls(new.cache.ttl, new.cache.negative_ttl);
+        self.view.store(Arc::new(View::new(new)));
         if rekeyed {
             self.cache.clear();
         }
@@ -175,185 +184,213 @@ impl Exchange {
         &self.minter
     }
 
-    /// Looks a session up, from the cache when `freshness` allows.
+    /// The session a cookie value names in the configured format, checked without I/O.
     ///
     /// # Errors
-    /// [`Error::Store`] when the store cannot answer and no trusted cache entry exists;
-    /// [`Error::Corrupt`] when the stored value breaks the schema.
-    pub async fn lookup(
+    /// [`Malformed`] when the value names no session (bad syntax or signature).
+    pub fn session_id(&self, cookie: &str) -> Result<SessionId, Malformed> {
+        self.view.load().format.session_id(cookie)
+    }
+
+    /// Looks up the session a cookie value names: the cookie is checked first (no Redis
+    /// call for a malformed or badly signed one), then the session is read through the
+    /// cache when `freshness` allows.
+    pub async fn lookup(&self, cookie: &str, freshness: Freshness) -> SessionLookup {
+        let view = self.view.load_full();
+        match view.format.session_id(cookie) {
+            Ok(id) => {
+                let live = freshness == Freshness::Live;
+                // A critical route's read skips the key's expiry (see `fetch`).
+                self.lookup_id(&view, &id, freshness, live, !live).await
+            }
+            Err(malformed) => {
+                self.lookups.count(None, "malformed");
+                SessionLookup::Malformed(malformed)
+            }
+        }
+    }
+
+    /// The answer for a session cookie whose value is not text (refused before Redis,
+    /// counted like any malformed cookie).
+    pub fn unreadable_cookie(&self) -> SessionLookup {
+        self.lookups.count(None, "malformed");
+        SessionLookup::Malformed(Malformed::Cookie("not text"))
+    }
+
+    /// Watches the session a connection opened with (`cookie`, as it was valid then),
+    /// resolving when it stops being valid: see [`watch`]. Cancel it by dropping it.
+    pub async fn watch(&self, cookie: &str, bounds: watch::Bounds) -> watch::Ended {
+        use watch::{Ended, Woken};
+        let view = self.view.load_full();
+        let Ok(id) = view.format.session_id(cookie) else {
+            return Ended::Revoked;
+        };
+        let registration = self.cache.watches().register(cache::key(id.digest()));
+        let mut push = registration.push_state();
+        // What the last read said: the key's expiry and the session's own.
+        let mut expires: Option<Instant> = None;
+        let mut exp: Option<u64> = None;
+        let mut failing_since: Option<Instant> = None;
+        let mut woken = Woken::Changed;
+        loop {
+            let now = Instant::now();
+            let due = match woken {
+                Woken::Changed => true,
+                // A deadline (an expiry, the periodic re-check, a retry) passed.
+                Woken::Deadline => true,
+                // The push channel went up or down: only the deadlines change.
+                Woken::Push => false,
+            };
+            if due {
+                let unix = unix_now();
+                let by_expiry = expires.is_some_and(|at| now >= at);
+                match self
+                    .lookup_id(&view, &id, Freshness::Live, false, true)
+                    .await
+                {
+                    SessionLookup::Valid(v) => {
+                        expires = v.session.entry().expires();
+                        exp = v.session.exp();
+                        failing_since = None;
+                        if v.session.is_expired(unix) {
+                            return Ended::Expired;
+                        }
+                    }
+                    SessionLookup::Expired => return Ended::Expired,
+                    SessionLookup::Missing | SessionLookup::Revoked if by_expiry => {
+                        return Ended::Expired;
+                    }
+                    SessionLookup::Unavailable(_) => {
+                        let since = *failing_since.get_or_insert(now);
+                        if now.duration_since(since) >= bounds.unavailable_for {
+                            return Ended::Unavailable;
+                        }
+                    }
+                    _ => return Ended::Revoked,
+                }
+            }
+            let vouched = *push.borrow_and_update();
+            let exp_at = exp.map(|e| now + Duration::from_secs(e.saturating_sub(unix_now())));
+            let deadline = [
+                expires,
+                exp_at,
+                (!vouched).then(|| now + bounds.recheck_every),
+                failing_since.map(|_| now + watch::retry_after(&bounds)),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            woken = registration.wait(deadline, &mut push).await;
+        }
+    }
+
+    /// How many watches are open.
+    pub fn watches(&self) -> u64 {
+        self.cache.watches().len()
+    }
+
+    async fn lookup_id(
         &self,
-        token: &SessionToken,
+        view: &View,
+        id: &SessionId,
         freshness: Freshness,
-    ) -> Result<Resolved, Error> {
+        critical: bool,
+        expiry: bool,
+    ) -> SessionLookup {
         let now = Instant::now();
-        let unix = unix_now();
-        let result = match freshness {
-            Freshness::Cached => self.lookup_cached(token, now, unix).await,
-            Freshness::Live => self.lookup_live(token, now, unix).await,
-        };
-        match &result {
-            Ok(r) => self
-                .metrics
-                .session_lookups
-                .with_label_values(&[r.source.as_str(), r.lookup.result_label()])
-                .inc(),
-            Err(_) => self
-                .metrics
-                .session_lookups
-                .with_label_values(&[Source::Redis.as_str(), "error"])
-                .inc(),
-        }
-        result
-    }
-
-    async fn lookup_cached(
-        &self,
-        token: &SessionToken,
-        now: Instant,
-        unix: u64,
-    ) -> Result<Resolved, Error> {
-        let key = token.digest();
-        match self.cache.probe(key, now).await {
-            Probe::Hit(entry) => {
-                self.metrics.session_cache.with_label_values(&["hit"]).inc();
-                self.metrics
-                    .cached_session_age
-                    .observe(entry.age(now).as_secs_f64());
-                Ok(classify(*key, entry, None, Source::Cache, unix, false))
-            }
-            Probe::Load(guard, stale) => {
-                if self.cache.is_enabled() {
-                    self.metrics
-                        .session_cache
-                        .with_label_values(&["miss"])
-                        .inc();
-                }
-                let generation = self.cache.generation(key);
-                let entry = Arc::new(self.fetch(token, now).await?);
-                self.insert_fetched(*key, &entry, generation, guard);
-                Ok(classify(*key, entry, stale, Source::Redis, unix, false))
-            }
-            Probe::Bypass(cached) => self.lookup_bypassing(token, cached, now, unix).await,
-        }
-    }
-
-    /// A lookup while the push channel does not vouch for the cache: the store answers,
-    /// and the cached entry only stands in for it while the store is unreachable (and
-    /// then only within its trust window).
-    async fn lookup_bypassing(
-        &self,
-        token: &SessionToken,
-        cached: Option<Arc<Entry>>,
-        now: Instant,
-        unix: u64,
-    ) -> Result<Resolved, Error> {
-        let key = token.digest();
-        self.metrics
-            .session_cache
-            .with_label_values(&["bypass"])
-            .inc();
-        let generation = self.cache.generation(key);
-        match self.fetch(token, now).await {
-            Ok(entry) => {
-                let entry = Arc::new(entry);
-                self.insert_fetched(*key, &entry, generation, None);
-                Ok(classify(*key, entry, cached, Source::Redis, unix, false))
-            }
-            Err(e) if e.is_unavailable() => {
-                // Redis is unreachable: SPEC lets a cached session no older than
-                // cache_ttl answer.
-                let Some(entry) = cached.filter(|c| self.cache.is_trusted(c, now)) else {
-                    return Err(e);
-                };
-                self.metrics
-                    .session_cache
-                    .with_label_values(&["outage_fallback"])
-                    .inc();
-                self.metrics
-                    .cached_session_age
-                    .observe(entry.age(now).as_secs_f64());
-                Ok(classify(*key, entry, None, Source::Cache, unix, false))
-            }
-            Err(e) => {
-                self.cache.invalidate(key);
-                Err(e)
-            }
-        }
-    }
-
-    async fn lookup_live(
-        &self,
-        token: &SessionToken,
-        now: Instant,
-        unix: u64,
-    ) -> Result<Resolved, Error> {
-        let key = token.digest();
-        let previous = self.cache.peek(key);
-        let generation = self.cache.generation(key);
-        let entry = match self.fetch(token, now).await {
-            Ok(entry) => entry,
-            Err(e) => {
-                self.metrics
-                    .critical_checks
-                    .with_label_values(&["error"])
-                    .inc();
-                if matches!(e, Error::Corrupt { .. }) {
-                    self.cache.invalidate(key);
-                }
-                return Err(e);
-            }
-        };
-        let entry = Arc::new(entry);
-        // Refresh the cache with what the store just said; a deleted session takes its
-        // cached tokens with it.
-        self.insert_fetched(*key, &entry, generation, None);
-        let resolved = classify(*key, entry, previous, Source::Redis, unix, true);
-        self.metrics
-            .critical_checks
-            .with_label_values(&[resolved.lookup.result_label()])
-            .inc();
-        Ok(resolved)
-    }
-
-    fn insert_fetched(
-        &self,
-        key: [u8; 32],
-        entry: &Arc<Entry>,
-        generation: u64,
-        guard: Option<cache::LoadGuard<'_>>,
-    ) {
-        if !self.cache.is_enabled() {
-            return;
-        }
-        if !self
+        let loaded = self
             .cache
-            .insert_if_current(key, entry.clone(), generation, guard)
-        {
-            // An invalidation raced this read: answer with it, but do not cache it.
-            // Whatever is cached for the key is older than that invalidation: drop it.
-            self.metrics
-                .session_cache
-                .with_label_values(&["raced_invalidation"])
-                .inc();
-            self.cache.invalidate(&key);
+            .get_or_load(id.digest(), freshness, now, || {
+                self.fetch(view, id, now, expiry)
+            })
+            .await;
+        let live = freshness == Freshness::Live;
+        let (source, lookup) = match loaded {
+            Ok(loaded) => (Some(loaded.source), classify(id, loaded, unix_now(), live)),
+            Err(failure) => (
+                Some(Source::Redis),
+                SessionLookup::Unavailable(Error::Store {
+                    op: failure.op,
+                    message: failure.message.to_string(),
+                    timeout: failure.timeout,
+                }),
+            ),
+        };
+        self.lookups.count(source, lookup.label());
+        if critical {
+            self.lookups.critical(lookup.label());
         }
+        lookup
     }
 
     /// Reads the session from the store into a fresh cache entry read at `now`, which is
-    /// not trusted past the key's own expiry.
-    async fn fetch(&self, token: &SessionToken, now: Instant) -> Result<Entry, Error> {
-        let settings = self.settings.load();
-        let key = redis_key(&settings.key_prefix, token, settings.hashed_keys);
-        let Some((value, ttl)) = self.store.get_with_ttl(&key).await? else {
-            return Ok(Entry::new(None, now));
+    /// not trusted past the key's own expiry. Without `expiry` the read is a plain `GET`
+    /// (a critical route's, on every request: `GET`+`PTTL` costs the Redis client twice
+    /// the CPU), and the cache keeps the entry only with an expiry it already knew.
+    async fn fetch(
+        &self,
+        view: &View,
+        id: &SessionId,
+        now: Instant,
+        expiry: bool,
+    ) -> Result<Entry, StoreFailure> {
+        let key = view.keyspace.session_key(id);
+        let read = if expiry {
+            self.store.get_with_ttl(&key).await
+        } else {
+            self.store.get(&key).await.map(|v| v.map(|v| (v, None)))
         };
-        match record::decode(&value, token, &settings) {
-            Ok(session) => Ok(Entry::new(Some(session), now).expiring(ttl.map(|t| now + t))),
-            Err(e) => Err(Error::Corrupt {
-                key_hint: format!("{}{}…", settings.key_prefix, &key_hint(token)),
-                reason: e.to_string(),
-            }),
-        }
+        let read = read.map_err(|e| match e {
+            Error::Store {
+                op,
+                message,
+                timeout,
+            } => StoreFailure {
+                op,
+                message: message.into(),
+                timeout,
+            },
+            other => StoreFailure {
+                op: "GET",
+                message: other.to_string().into(),
+                timeout: false,
+            },
+        })?;
+        let Some((value, ttl)) = read else {
+            return Ok(Entry::new(Stored::Absent, now));
+        };
+        let decoded = if value.len() > MAX_VALUE_BYTES {
+            Err(Malformed::Value(format!(
+                "{} bytes, more than the {MAX_VALUE_BYTES} allowed",
+                value.len()
+            )))
+        } else {
+            view.format.decode(&value).and_then(|doc| {
+                view.settings
+                    .fields
+                    .extract(&doc, view.format.honours_exp(), id)
+            })
+        };
+        let stored = match decoded {
+            Ok(Decoded::Session(session)) => Stored::Session(session),
+            Ok(Decoded::Anonymous) => Stored::Anonymous,
+            Err(malformed) => {
+                warn!(
+                    prefix = %view.keyspace.prefix(),
+                    key_hint = %id.hint(),
+                    format = view.settings.format.name(),
+                    error = %malformed,
+                    "Malformed session value; treating it as no session."
+                );
+                Stored::Malformed
+            }
+        };
+        let entry = Entry::new(stored, now).expiring(ttl.map(|t| now + t));
+        Ok(if expiry {
+            entry
+        } else {
+            entry.expiry_unknown()
+        })
     }
 
     /// A token for a valid session and `audience`: reused from the cache while more than
@@ -361,80 +398,65 @@ impl Exchange {
     /// Live lookups (critical routes) always get a fresh token carrying `chk`.
     ///
     /// # Errors
-    /// [`Error::NoSigningKey`] or [`Error::Sign`]; also [`Error::Corrupt`] if called for a
-    /// lookup that is not valid.
+    /// [`Error::NoSigningKey`] or [`Error::Sign`].
     pub fn token(
         &self,
-        resolved: &Resolved,
+        valid: &ValidSession,
         audience: &Audience,
         ttl: Duration,
     ) -> Result<SignedJwt, Error> {
-        let SessionLookup::Valid(session) = &resolved.lookup else {
-            return Err(Error::Corrupt {
-                key_hint: String::from("-"),
-                reason: "token requested for a session that is not valid".into(),
-            });
-        };
         let now = unix_now();
-        if resolved.live {
+        if valid.live {
             return self
                 .minter
-                .mint(session, audience, ttl, now, resolved.confirmed_at);
+                .mint(&valid.session, audience, ttl, now, valid.confirmed_at);
         }
-        if let Some(entry) = &resolved.entry {
-            let keyset = self.minter.keyring().load();
-            let reusable = |jwt: &SignedJwt| {
-                jwt.more_than_half_left(now) && keyset.is_published(jwt.kid().as_str())
-            };
-            if let Some(jwt) =
-                self.cache
-                    .token(&resolved.key, entry, audience.as_str(), ttl, reusable)
-            {
-                self.metrics.token_cache.with_label_values(&["hit"]).inc();
-                return Ok(jwt);
-            }
+        let entry = valid.session.entry();
+        let keyset = self.minter.keyring().load();
+        let reusable = |jwt: &SignedJwt| {
+            jwt.more_than_half_left(now) && keyset.is_published(jwt.kid().as_str())
+        };
+        if let Some(jwt) = self
+            .cache
+            .token(&valid.digest, entry, audience.as_str(), ttl, reusable)
+        {
+            self.lookups.token_hit.inc();
+            return Ok(jwt);
         }
-        let jwt = self.minter.mint(session, audience, ttl, now, None)?;
-        self.metrics.token_cache.with_label_values(&["miss"]).inc();
-        if let Some(entry) = &resolved.entry {
-            self.cache
-                .keep_token(resolved.key, entry, audience.shared(), ttl, jwt.clone());
-        }
+        let jwt = self.minter.mint(&valid.session, audience, ttl, now, None)?;
+        self.lookups.token_miss.inc();
+        self.cache
+            .keep_token(valid.digest, entry, audience.shared(), ttl, jwt.clone());
         Ok(jwt)
     }
 }
 
-fn classify(
-    key: [u8; 32],
-    entry: Arc<Entry>,
-    previous: Option<Arc<Entry>>,
-    source: Source,
-    unix: u64,
-    live: bool,
-) -> Resolved {
-    let lookup = match (entry.session(), SessionRef::of(&entry)) {
-        (Some(s), _) if s.is_expired(unix) => SessionLookup::Expired,
-        (_, Some(s)) => SessionLookup::Valid(s),
-        _ if previous.is_some_and(|p| p.session().is_some()) => SessionLookup::Revoked,
-        _ => SessionLookup::Missing,
-    };
-    let confirmed_at = (source == Source::Redis).then_some(unix);
-    Resolved {
-        lookup,
+/// The authentication answer of a store (or cache) answer.
+fn classify(id: &SessionId, loaded: Loaded, unix: u64, live: bool) -> SessionLookup {
+    let Loaded {
+        entry,
         source,
-        confirmed_at,
-        entry: Some(entry),
-        key,
-        live,
+        previous,
+    } = loaded;
+    match entry.kind() {
+        Kind::Session => match SessionRef::of(&entry) {
+            Some(session) if session.is_expired(unix) => SessionLookup::Expired,
+            Some(session) => SessionLookup::Valid(ValidSession {
+                session,
+                digest: *id.digest(),
+                source,
+                confirmed_at: (source == Source::Redis).then_some(unix),
+                live,
+            }),
+            None => SessionLookup::Missing,
+        },
+        Kind::Anonymous => SessionLookup::Anonymous,
+        Kind::Malformed => SessionLookup::Malformed(Malformed::Value("undecodable".into())),
+        Kind::Absent if previous.is_some_and(|p| p.kind() == Kind::Session) => {
+            SessionLookup::Revoked
+        }
+        Kind::Absent => SessionLookup::Missing,
     }
-}
-
-/// First 8 hex characters of the cookie digest: enough to find a key in logs, too
-/// little to use it.
-fn key_hint(token: &SessionToken) -> String {
-    let mut s = String::with_capacity(8);
-    record::push_hex(&mut s, &token.digest()[..4]);
-    s
 }
 
 /// The current unix time in seconds.

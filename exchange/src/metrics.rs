@@ -175,6 +175,94 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The session cache's event counters, resolved once.
+    pub fn cache_events(&self) -> crate::cache::CacheEvents {
+        let event = |name: &str| self.session_cache.with_label_values(&[name]);
+        crate::cache::CacheEvents {
+            hit: event("hit"),
+            miss: event("miss"),
+            bypass: event("bypass"),
+            outage_fallback: event("outage_fallback"),
+            raced_invalidation: event("raced_invalidation"),
+            coalesced: event("coalesced"),
+            eviction: event("eviction"),
+            negative_eviction: event("negative_eviction"),
+            token_eviction: event("token_eviction"),
+            age: self.cached_session_age.clone(),
+        }
+    }
+}
+
+/// Lookup outcomes a lookup can count, in [`LookupCounters`]' order.
+const RESULTS: [&str; 7] = [
+    "valid",
+    "anonymous",
+    "missing",
+    "expired",
+    "revoked",
+    "malformed",
+    "error",
+];
+
+/// `sessiongate_session_lookups_total`, `sessiongate_critical_checks_total` and
+/// `sessiongate_token_cache_total`, resolved once per label set, so that counting a
+/// lookup costs no label hashing.
+pub(crate) struct LookupCounters {
+    /// By source (cache, redis, cookie) then result.
+    lookups: [[IntCounter; 7]; 3],
+    critical: [IntCounter; 7],
+    /// A token reused.
+    pub(crate) token_hit: IntCounter,
+    /// A token minted.
+    pub(crate) token_miss: IntCounter,
+}
+
+impl LookupCounters {
+    pub(crate) fn new(m: &Metrics) -> Self {
+        let row = |vec: &IntCounterVec, prefix: &[&str]| {
+            RESULTS.map(|r| {
+                let mut labels = prefix.to_vec();
+                labels.push(r);
+                vec.with_label_values(&labels)
+            })
+        };
+        Self {
+            lookups: [
+                row(&m.session_lookups, &["cache"]),
+                row(&m.session_lookups, &["redis"]),
+                row(&m.session_lookups, &["cookie"]),
+            ],
+            critical: row(&m.critical_checks, &[]),
+            token_hit: m.token_cache.with_label_values(&["hit"]),
+            token_miss: m.token_cache.with_label_values(&["miss"]),
+        }
+    }
+
+    fn index(result: &str) -> usize {
+        RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(RESULTS.len() - 1)
+    }
+
+    /// Counts a lookup answered from `source` (`None`: the cookie was refused before any
+    /// lookup).
+    pub(crate) fn count(&self, source: Option<crate::Source>, result: &str) {
+        let row = match source {
+            Some(crate::Source::Cache) => 0,
+            Some(crate::Source::Redis) => 1,
+            None => 2,
+        };
+        self.lookups[row][Self::index(result)].inc();
+    }
+
+    /// Counts a live check (critical route).
+    pub(crate) fn critical(&self, result: &str) {
+        self.critical[Self::index(result)].inc();
+    }
+}
+
 /// The session cache's size, read when metrics are scraped:
 /// `sessiongate_session_cache_entries`, `sessiongate_session_cache_bytes`,
 /// `sessiongate_token_cache_entries` and `sessiongate_token_cache_bytes`.

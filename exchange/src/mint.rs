@@ -17,11 +17,10 @@ use bytes::Bytes;
 use keys::{Keyring, Kid, SigningKey};
 
 use crate::Error;
+use crate::format::json_string;
 use crate::metrics::Metrics;
 use crate::session::Session;
-use crate::session::record::json_string;
 
-const BEARER: &str = "Bearer ";
 /// Length of an ES256 or EdDSA signature (64 bytes) in base64url without padding.
 const SIGNATURE_CHARS: usize = 86;
 
@@ -57,12 +56,15 @@ impl fmt::Debug for Audience {
     }
 }
 
-/// A signed token, kept as the ready `Authorization` header value `Bearer <jwt>`.
+/// A signed token, kept framed as the caller asked ([`Minter::framed`]: the gateway
+/// frames it as the ready `Authorization` header value), so sending it copies nothing.
 ///
 /// `Debug` never prints the token.
 #[derive(Clone)]
 pub struct SignedJwt {
-    bearer: Bytes,
+    framed: Bytes,
+    /// Bytes of the frame before the token.
+    frame: u8,
     kid: Kid,
     iat: u64,
     exp: u64,
@@ -71,13 +73,14 @@ pub struct SignedJwt {
 impl SignedJwt {
     /// The compact JWT.
     pub fn jwt(&self) -> &str {
-        // The buffer was built from a String that starts with BEARER.
-        std::str::from_utf8(&self.bearer[BEARER.len()..]).unwrap_or_default()
+        // The buffer was built from a String: the frame, then the token.
+        std::str::from_utf8(&self.framed[usize::from(self.frame)..]).unwrap_or_default()
     }
 
-    /// `Bearer <jwt>`, ready to become a header value without copying.
-    pub fn bearer(&self) -> &Bytes {
-        &self.bearer
+    /// The token after its frame (e.g. `Bearer <jwt>`), ready to become a header value
+    /// without copying.
+    pub fn framed(&self) -> &Bytes {
+        &self.framed
     }
 
     /// The key that signed it.
@@ -107,7 +110,8 @@ impl SignedJwt {
     /// A token with a given text (not a signed JWT), for tests of what holds tokens.
     pub(crate) fn fake(text: &str, iat: u64, exp: u64) -> Self {
         Self {
-            bearer: Bytes::from(format!("{BEARER}{text}")),
+            framed: Bytes::from(format!("Bearer {text}")),
+            frame: 7,
             kid: Kid::from("test"),
             iat,
             exp,
@@ -159,6 +163,7 @@ impl JtiSource {
 /// Signs tokens with the keyring's current key.
 pub struct Minter {
     keyring: Arc<Keyring>,
+    frame: &'static str,
     issuer_json: Box<str>,
     jti: JtiSource,
     metrics: Arc<Metrics>,
@@ -169,10 +174,20 @@ impl Minter {
     pub fn new(keyring: Arc<Keyring>, issuer: &str, metrics: Arc<Metrics>) -> Self {
         Self {
             keyring,
+            frame: "",
             issuer_json: json_string(issuer).into_boxed_str(),
             jti: JtiSource::new(),
             metrics,
         }
+    }
+
+    /// Tokens framed by `frame` (at most 255 bytes), e.g. `"Bearer "`.
+    #[must_use]
+    pub fn framed(mut self, frame: &'static str) -> Self {
+        if u8::try_from(frame.len()).is_ok() {
+            self.frame = frame;
+        }
+        self
     }
 
     /// The keyring it signs with.
@@ -197,13 +212,14 @@ impl Minter {
         let key = set.current().ok_or(Error::NoSigningKey)?;
         let exp = now + ttl.as_secs();
         let claims = self.claims_json(session, audience, now, exp, chk);
-        let jwt = sign(key, &claims)?;
+        let jwt = sign(key, self.frame, &claims)?;
         self.metrics
             .tokens_minted
             .with_label_values(&[key.alg().as_str(), key.kid().as_str()])
             .inc();
         Ok(SignedJwt {
-            bearer: Bytes::from(jwt),
+            framed: Bytes::from(jwt),
+            frame: u8::try_from(self.frame.len()).unwrap_or(0),
             kid: key.kid().clone(),
             iat: now,
             exp,
@@ -246,20 +262,20 @@ impl Minter {
     }
 }
 
-/// Builds `Bearer <header>.<claims>.<signature>` with `key`.
-fn sign(key: &SigningKey, claims_json: &str) -> Result<String, Error> {
+/// Builds `<frame><header>.<claims>.<signature>` with `key`.
+fn sign(key: &SigningKey, frame: &str, claims_json: &str) -> Result<String, Error> {
     let header = key.header_segment();
     // Exactly the token's length (both algorithms sign with 64 bytes, 86 characters):
     // cached tokens are weighed by their length, and hold no slack.
     let claims_len = base64::encoded_len(claims_json.len(), false).unwrap_or(0);
     let mut out =
-        String::with_capacity(BEARER.len() + header.len() + 1 + claims_len + 1 + SIGNATURE_CHARS);
-    out.push_str(BEARER);
+        String::with_capacity(frame.len() + header.len() + 1 + claims_len + 1 + SIGNATURE_CHARS);
+    out.push_str(frame);
     out.push_str(header);
     out.push('.');
     URL_SAFE_NO_PAD.encode_string(claims_json.as_bytes(), &mut out);
     let mut signature = String::with_capacity(SIGNATURE_CHARS);
-    key.sign_into(&out.as_bytes()[BEARER.len()..], &mut signature)
+    key.sign_into(&out.as_bytes()[frame.len()..], &mut signature)
         .map_err(|source| Error::Sign {
             kid: key.kid().to_string(),
             source,
@@ -272,8 +288,8 @@ fn sign(key: &SigningKey, claims_json: &str) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::record;
-    use crate::{SessionSettings, SessionToken};
+    use crate::format::{Decoded, Document};
+    use crate::{SessionId, SessionSettings};
     use keys::{Algorithm, KeySet, RotationPolicy};
 
     fn minter(alg: Algorithm) -> Minter {
@@ -290,17 +306,23 @@ mod tests {
             "https://gw.example",
             Arc::new(Metrics::unregistered()),
         )
+        .framed("Bearer ")
     }
 
     fn session() -> Session {
-        let settings = SessionSettings::default();
-        let token = SessionToken::parse("abcdefghijklmnopqrstuvwxyz012345").unwrap();
-        record::decode(
+        let id = SessionId::raw("abcdefghijklmnopqrstuvwxyz012345");
+        let doc = Document::json(
             br#"{"sub":"user-42","roles":["admin"],"email":"a@example.com","secret":"x"}"#,
-            &token,
-            &settings,
         )
-        .unwrap()
+        .unwrap();
+        match SessionSettings::default()
+            .fields
+            .extract(&doc, true, &id)
+            .unwrap()
+        {
+            Decoded::Session(s) => s,
+            Decoded::Anonymous => unreachable!("it has a subject"),
+        }
     }
 
     #[test]
@@ -344,7 +366,8 @@ mod tests {
                 "unconfigured fields are not copied"
             );
             assert_eq!(c["sid"].as_str().unwrap().len(), 22);
-            assert!(jwt.bearer().starts_with(b"Bearer "));
+            assert!(jwt.framed().starts_with(b"Bearer "));
+            assert_eq!(&jwt.framed()[7..], jwt.jwt().as_bytes());
         }
     }
 
@@ -366,7 +389,8 @@ mod tests {
     #[test]
     fn half_life_rule() {
         let jwt = SignedJwt {
-            bearer: Bytes::from_static(b"Bearer x"),
+            framed: Bytes::from_static(b"Bearer x"),
+            frame: 7,
             kid: Kid::from("k"),
             iat: 1000,
             exp: 1300,

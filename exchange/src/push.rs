@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::prelude::{
@@ -47,7 +47,6 @@ use tracing::{info, warn};
 use crate::Error;
 use crate::cache::SessionCache;
 use crate::metrics::Metrics;
-use crate::session::record::key_digest;
 
 /// How often the channel proves itself alive (and renews the cache's lease).
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -59,6 +58,11 @@ pub const LEASE: Duration = Duration::from_millis(500);
 /// How long a heartbeat may take before the channel is treated as down.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(400);
 
+/// How long heartbeats may keep failing on one connection before it is replaced. fred's
+/// own unresponsive check measures from the connection's latest write, which the
+/// heartbeat renews every [`HEARTBEAT`], so it never fires on a blackholed connection.
+const STUCK: Duration = Duration::from_secs(2);
+
 /// How long the canary key lives; it is rewritten well before.
 const CANARY_TTL: Duration = Duration::from_secs(3600);
 /// How often the canary key is rewritten.
@@ -69,10 +73,8 @@ const CANARY_REFRESH: Duration = Duration::from_secs(600);
 pub struct PushSettings {
     /// The Redis URL (same server(s) as the session store).
     pub url: String,
-    /// The session key prefix to track.
-    pub key_prefix: String,
-    /// Whether keys are hashed (`prefix + hex(sha256(cookie))`) or plain.
-    pub hashed_keys: bool,
+    /// The session keys to track (their prefix) and how keys name sessions.
+    pub keyspace: crate::Keyspace,
     /// Connection timeout.
     pub timeout: Duration,
     /// PEM CA for a `rediss://` URL (as [`crate::store::redis::RedisSettings::ca_file`]).
@@ -121,7 +123,7 @@ impl Push {
                 conn.max_command_attempts = 1;
                 conn.tcp.nodelay = Some(true);
                 // A connection that stops answering is closed and re-established (and
-                // tracking re-armed) rather than trusted.
+                // tracking re-armed) rather than trusted; see also [`STUCK`].
                 conn.unresponsive = UnresponsiveConfig {
                     max_timeout: Some(Duration::from_secs(2)),
                     interval: Duration::from_millis(500),
@@ -132,11 +134,9 @@ impl Push {
             .map_err(|e| Error::Config(e.to_string()))?;
         metrics.push_connected.set(0);
         cache.suspend();
-        let canary = format!(
-            "{}canary:{}",
-            settings.key_prefix,
-            crate::revocation::random_hex(8)?
-        );
+        let canary = settings
+            .keyspace
+            .canary_key(&crate::revocation::random_hex(8)?);
         let (stop, stop_rx) = watch::channel(false);
         let task = Tracker {
             client: client.clone(),
@@ -146,6 +146,8 @@ impl Push {
             metrics,
             arm_failures: AtomicU32::new(0),
             late_beats: AtomicU32::new(0),
+            last_good: parking_lot::Mutex::new(Instant::now()),
+            replacing: Arc::new(AtomicBool::new(false)),
         };
         tokio::spawn(task.run(stop_rx));
         Ok(Self { client, stop })
@@ -204,6 +206,10 @@ struct Tracker {
     arm_failures: AtomicU32,
     /// Heartbeats without proof since the last good one.
     late_beats: AtomicU32,
+    /// When the channel last proved itself (armed, or a good heartbeat).
+    last_good: parking_lot::Mutex<Instant>,
+    /// A forced reconnection is under way.
+    replacing: Arc<AtomicBool>,
 }
 
 /// What tracking was armed on.
@@ -352,13 +358,35 @@ impl Tracker {
             .push_down
             .with_label_values(&["heartbeat_late"])
             .inc();
+        self.replace_if_stuck();
+    }
+
+    /// Heartbeats have failed for [`STUCK`]: the connection is never trusted again. Force
+    /// a reconnection (once at a time); the reconnection event re-arms tracking.
+    fn replace_if_stuck(&self) {
+        if self.last_good.lock().elapsed() < STUCK
+            || !self.client.is_connected()
+            || self.replacing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        warn!(
+            stuck_for = ?STUCK,
+            "The invalidation channel's connection stopped answering; replacing it."
+        );
+        let (client, replacing) = (self.client.clone(), self.replacing.clone());
+        tokio::spawn(async move {
+            let _ = client.force_reconnection().await;
+            replacing.store(false, Ordering::Release);
+        });
+        *self.last_good.lock() = Instant::now();
     }
 
     /// Turns tracking on for the session prefix, writes the canary, flushes the cache,
     /// and starts vouching for it.
     async fn arm(&self, invalidations: &mut Receiver<Invalidation>) -> Option<Armed> {
         let started = Instant::now();
-        let prefix = self.settings.key_prefix.as_str();
+        let prefix = self.settings.keyspace.prefix();
         let nodes = match self.enable_tracking(prefix).await {
             Ok(nodes) => nodes,
             Err(e) => {
@@ -389,6 +417,7 @@ impl Tracker {
         }
         self.cache.confirm_until(started + LEASE);
         self.metrics.push_connected.set(1);
+        *self.last_good.lock() = Instant::now();
         info!(prefix, nodes = nodes.len(), "Invalidation channel armed.");
         Some(Armed {
             nodes,
@@ -441,6 +470,7 @@ impl Tracker {
         self.cache.confirm_until(started + LEASE);
         self.metrics.push_connected.set(1);
         self.late_beats.store(0, Ordering::Relaxed);
+        *self.last_good.lock() = Instant::now();
         Beat::Ok
     }
 
@@ -493,7 +523,7 @@ impl Tracker {
             }
             let info: HashMap<String, Value> =
                 target.client_trackinginfo().await.map_err(Check::from)?;
-            if !tracks(&info, &self.settings.key_prefix) {
+            if !tracks(&info, self.settings.keyspace.prefix()) {
                 return Err(Check::Broken(
                     "the connection no longer tracks the session prefix",
                 ));
@@ -621,7 +651,7 @@ impl Tracker {
             self.metrics.invalidations.inc();
             let Some(digest) = key
                 .as_str()
-                .and_then(|k| key_digest(k, &self.settings.key_prefix, self.settings.hashed_keys))
+                .and_then(|k| self.settings.keyspace.digest_of_key(k))
             else {
                 continue;
             };

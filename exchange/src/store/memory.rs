@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use parking_lot::Mutex;
 
 use super::SessionStore;
@@ -106,6 +107,22 @@ impl SessionStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), Error> {
         Ok(())
+    }
+
+    fn scan<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<Vec<String>, Error>> {
+        let now = Instant::now();
+        let keys: Vec<String> = self
+            .inner
+            .lock()
+            .values
+            .iter()
+            .filter(|(k, (_, deadline))| k.starts_with(prefix) && now < *deadline)
+            .map(|(k, _)| k.clone())
+            .collect();
+        // Pages of 100, like a SCAN with COUNT 100.
+        let pages: Vec<Result<Vec<String>, Error>> =
+            keys.chunks(100).map(|c| Ok(c.to_vec())).collect();
+        Box::pin(futures::stream::iter(pages))
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::BoxStream;
 
 use crate::Error;
 
@@ -35,4 +36,29 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn index_remove(&self, index: &str, members: &[String]) -> Result<(), Error>;
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), Error>;
+    /// Every key that starts with `prefix` (on every primary of a cluster), a page at a
+    /// time; a key may appear twice. Stores that cannot scan yield one error.
+    fn scan<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<Vec<String>, Error>> {
+        let _ = prefix;
+        Box::pin(futures::stream::once(async {
+            Err(Error::Config("this session store cannot scan".into()))
+        }))
+    }
+    /// Reads several values (one round trip where the store can).
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, Error> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
+    /// Deletes several keys without waiting for their memory to be freed (`UNLINK`);
+    /// returns how many existed.
+    async fn unlink(&self, keys: &[String]) -> Result<usize, Error> {
+        let mut n = 0;
+        for key in keys {
+            n += usize::from(self.delete(key).await?);
+        }
+        Ok(n)
+    }
 }

@@ -3,20 +3,41 @@
 //! Build it on the tokio runtime it will live on: fred spawns its connection tasks on
 //! the current runtime. Commands can then be sent from any runtime.
 //!
+//! Faults (SPEC "Behaviour under faults", docs/reliability.md):
+//!
+//! - A command that times out condemns its connection: the store forces that client to
+//!   reconnect at once. fred's own `UnresponsiveConfig` is kept, but it measures from the
+//!   connection's *latest* write, so under steady load a blackholed connection never looks
+//!   unresponsive and would time out every command sent on it.
+//! - Reconnection backs off from 50 ms to `redis.timeout` (at least 100 ms), so that the
+//!   pool is serving again well within `2 × redis.timeout + 1s` of Redis answering.
+//! - In a cluster, fred resynchronizes the whole client when one node's connection
+//!   fails, and that resync cannot complete while a master is down, so every key would be
+//!   refused until the failover ends. While the cluster client is not connected, session
+//!   reads go instead to a plain client of the key's primary (by the last known slot map);
+//!   only keys of an unreachable primary fail. Those clients are closed once the cluster
+//!   client has been connected for a while.
+//!
 //! For `rediss://` URLs [`fred_config`] builds the TLS client itself: it trusts the CA
 //! file of the settings (a private CA, as most managed and in-cluster Redis TLS uses)
 //! or else the system's roots, and it names its crypto provider explicitly rather than
 //! depend on a process-wide default.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::{
-    Builder, ClientLike, Config, Expiration, KeysInterface, Pool, ReconnectPolicy, SetsInterface,
+    Builder, Client, ClientLike, ClusterInterface, Config, Expiration, KeysInterface, Pool,
+    ReconnectPolicy, SetsInterface,
 };
+use fred::types::config::{Server, ServerConfig, UnresponsiveConfig};
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
 
 use super::SessionStore;
 use crate::Error;
@@ -113,6 +134,66 @@ fn tls_client(ca_file: Option<&Path>) -> Result<fred::rustls::ClientConfig, Erro
 pub struct RedisStore {
     pool: Pool,
     metrics: Arc<Metrics>,
+    /// Per pooled client: when it was last forced to reconnect (ms since `epoch`), so that
+    /// a stuck connection is replaced once, not once per command that timed out on it.
+    forced: Arc<[AtomicU64]>,
+    epoch: Instant,
+    /// The runtime that owns the connections.
+    runtime: tokio::runtime::Handle,
+    /// Cluster only: plain clients of the primaries, for reads while the cluster client
+    /// resynchronizes.
+    nodes: Option<Arc<Nodes>>,
+}
+
+/// A client of the pool, or of one cluster node, picked for one command.
+struct Picked {
+    client: Client,
+    /// The index of the pooled client (`None` for a node client).
+    pooled: Option<usize>,
+}
+
+/// Plain (non-cluster) clients of a cluster's primaries, created when the cluster client
+/// is not connected and a key's primary is needed, and closed once it has been connected
+/// again for [`NODES_IDLE`].
+struct Nodes {
+    config: Config,
+    settings: RedisSettings,
+    clients: parking_lot::Mutex<HashMap<Server, Client>>,
+    /// How many clients `clients` holds (read without the lock on every command).
+    count: AtomicUsize,
+    /// When a node client was last used (ms since the store's epoch).
+    last_used: AtomicU64,
+}
+
+/// How long node clients are kept after their last use while the cluster client is up.
+const NODES_IDLE: Duration = Duration::from_secs(10);
+
+/// fred's client builder with the store's timeouts, failure detection and reconnection.
+fn builder(config: Config, settings: &RedisSettings) -> Builder {
+    let timeout = settings.timeout;
+    // Back off from 50 ms up to redis.timeout (at least 100 ms) between attempts: the
+    // pool serves again within one step of Redis answering.
+    let max_delay =
+        u32::try_from(timeout.max(Duration::from_millis(100)).as_millis()).unwrap_or(u32::MAX);
+    let mut b = Builder::from_config(config);
+    b.with_performance_config(|perf| {
+        perf.default_command_timeout = timeout;
+    })
+    .with_connection_config(|conn| {
+        conn.connection_timeout = timeout.max(Duration::from_secs(1));
+        conn.internal_command_timeout = timeout.max(Duration::from_secs(1));
+        conn.max_command_attempts = 1;
+        conn.tcp.nodelay = Some(true);
+        // A connection with a command unanswered past the command timeout is never
+        // trusted again: fred closes it and connects anew when nothing else was written
+        // to it since; [`RedisStore::condemn`] covers a connection under steady load.
+        conn.unresponsive = UnresponsiveConfig {
+            max_timeout: Some(timeout),
+            interval: (timeout / 2).max(Duration::from_millis(10)),
+        };
+    })
+    .set_policy(ReconnectPolicy::new_exponential(0, 50, max_delay, 2));
+    b
 }
 
 impl RedisStore {
@@ -122,26 +203,36 @@ impl RedisStore {
     ///
     /// # Errors
     /// [`Error::Config`] when the URL cannot be parsed.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
     pub fn connect(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, Error> {
         let mut config = fred_config(&settings.url, settings.ca_file.as_deref())?;
         // Keep reconnecting rather than failing start-up when Redis is briefly away:
         // /readyz reports the state and requests fail closed meanwhile.
         config.fail_fast = false;
-        let pool = Builder::from_config(config)
-            .with_performance_config(|perf| {
-                perf.default_command_timeout = settings.timeout;
+        let nodes = config.server.is_clustered().then(|| {
+            Arc::new(Nodes {
+                config: config.clone(),
+                settings: settings.clone(),
+                clients: parking_lot::Mutex::new(HashMap::new()),
+                count: AtomicUsize::new(0),
+                last_used: AtomicU64::new(0),
             })
-            .with_connection_config(|conn| {
-                conn.connection_timeout = settings.timeout.max(Duration::from_secs(1));
-                conn.internal_command_timeout = settings.timeout.max(Duration::from_secs(1));
-                conn.max_command_attempts = 1;
-                conn.tcp.nodelay = Some(true);
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+        });
+        let pool = builder(config, settings)
             .build_pool(settings.pool_size.max(1))
             .map_err(|e| Error::Config(e.to_string()))?;
         let _handles = pool.connect_pool();
-        Ok(Self { pool, metrics })
+        let forced = (0..pool.size()).map(|_| AtomicU64::new(0)).collect();
+        Ok(Self {
+            pool,
+            metrics,
+            forced,
+            epoch: Instant::now(),
+            runtime: tokio::runtime::Handle::current(),
+            nodes,
+        })
     }
 
     /// Waits until every pooled connection is up, or `within` elapses.
@@ -170,10 +261,20 @@ impl RedisStore {
         self.pool.clients().iter().any(|c| c.is_connected())
     }
 
-    fn client(&self, op: &'static str) -> Result<&fred::prelude::Client, Error> {
+    /// A connected pooled client, failing at once when there is none.
+    fn client(&self, op: &'static str) -> Result<Picked, Error> {
         let client = self.pool.next_connected();
         if client.is_connected() {
-            Ok(client)
+            self.retire_nodes();
+            let pooled = self
+                .pool
+                .clients()
+                .iter()
+                .position(|c| std::ptr::eq(c, client));
+            Ok(Picked {
+                client: client.clone(),
+                pooled,
+            })
         } else {
             // Fail at once rather than queue behind a reconnect: callers answer 503 or
             // fall back to the cache, and the connection task keeps reconnecting.
@@ -186,11 +287,145 @@ impl RedisStore {
         }
     }
 
-    /// Counts a failed command in `sessiongate_redis_errors_total` and converts the error.
-    fn fail(&self, op: &'static str, e: &fred::error::Error) -> Error {
+    /// [`client`](Self::client) for a command on `key`: in a cluster whose client is
+    /// resynchronizing, a connected client of the key's primary instead.
+    async fn client_for(&self, op: &'static str, key: &str) -> Result<Picked, Error> {
+        let pooled = self.client(op);
+        if pooled.is_ok() {
+            return pooled;
+        }
+        let Some(nodes) = &self.nodes else {
+            return pooled;
+        };
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let Some(server) = self
+            .pool
+            .next()
+            .cached_cluster_state()
+            .and_then(|state| state.get_server(slot).cloned())
+        else {
+            return pooled;
+        };
+        match self.node_client(nodes, &server).await {
+            Some(client) => Ok(Picked {
+                client,
+                pooled: None,
+            }),
+            None => pooled,
+        }
+    }
+
+    /// The connected node client of `server` (created and given up to `redis.timeout`
+    /// to connect the first time), or `None`.
+    async fn node_client(&self, nodes: &Nodes, server: &Server) -> Option<Client> {
+        nodes.last_used.store(self.now_ms(), Ordering::Relaxed);
+        let (client, fresh) = {
+            let mut clients = nodes.clients.lock();
+            match clients.get(server) {
+                Some(c) => (c.clone(), false),
+                None => {
+                    let mut config = nodes.config.clone();
+                    config.server = ServerConfig::Centralized {
+                        server: server.clone(),
+                    };
+                    let client = builder(config, &nodes.settings).build().ok()?;
+                    {
+                        // The connection task lives on the store's runtime.
+                        let _runtime = self.runtime.enter();
+                        let _handle = client.connect();
+                    }
+                    clients.insert(server.clone(), client.clone());
+                    nodes.count.store(clients.len(), Ordering::Relaxed);
+                    (client, true)
+                }
+            }
+        };
+        if fresh {
+            let _ = tokio::time::timeout(nodes.settings.timeout, client.wait_for_connect()).await;
+        }
+        client.is_connected().then_some(client)
+    }
+
+    /// Closes the node clients once the cluster client has served alone for
+    /// [`NODES_IDLE`].
+    fn retire_nodes(&self) {
+        let Some(nodes) = &self.nodes else {
+            return;
+        };
+        if nodes.count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let idle = self
+            .now_ms()
+            .saturating_sub(nodes.last_used.load(Ordering::Relaxed));
+        if u128::from(idle) < NODES_IDLE.as_millis() {
+            return;
+        }
+        let retired: Vec<Client> = {
+            let mut clients = nodes.clients.lock();
+            nodes.count.store(0, Ordering::Relaxed);
+            clients.drain().map(|(_, c)| c).collect()
+        };
+        self.runtime.spawn(async move {
+            for client in retired {
+                let _ = client.quit().await;
+            }
+        });
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A command sent at `started` on `picked` timed out: unless the client is already
+    /// reconnecting, or was forced to since the command was sent, force it to reconnect
+    /// now. Its connection is never trusted again.
+    fn condemn(&self, picked: &Picked, started: Instant) {
+        let Some(index) = picked.pooled else {
+            // A node client: fred's unresponsive check replaces it; it is short-lived.
+            return;
+        };
+        if !picked.client.is_connected() {
+            return;
+        }
+        let Some(forced) = self.forced.get(index) else {
+            return;
+        };
+        let sent = u64::try_from(started.duration_since(self.epoch).as_millis()).unwrap_or(0);
+        let last = forced.load(Ordering::Acquire);
+        if sent < last
+            || forced
+                .compare_exchange(
+                    last,
+                    self.now_ms().max(1),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let client = picked.client.clone();
+        self.runtime.spawn(async move {
+            let _ = client.force_reconnection().await;
+        });
+    }
+
+    /// Counts a failed command in `sessiongate_redis_errors_total` and converts the error;
+    /// a timeout condemns the connection the command was sent on.
+    fn fail(
+        &self,
+        op: &'static str,
+        e: &fred::error::Error,
+        picked: &Picked,
+        started: Instant,
+    ) -> Error {
         let err = store_error(op, e);
         let kind = match &err {
-            Error::Store { timeout: true, .. } => "timeout",
+            Error::Store { timeout: true, .. } => {
+                self.condemn(picked, started);
+                "timeout"
+            }
             _ => "error",
         };
         self.count_error(op, kind);
@@ -210,6 +445,69 @@ impl RedisStore {
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
     }
+
+    /// A read of `key` on `picked` failed with `e`. In a cluster whose pooled client
+    /// started resynchronizing while the read waited in its queue (a timeout, the client
+    /// no longer connected), the read is tried once more on the key's primary; otherwise
+    /// (and when the retry fails) the error is counted and returned.
+    async fn retry_or_fail(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: &fred::error::Error,
+        picked: &Picked,
+        started: Instant,
+    ) -> Result<Picked, Error> {
+        let stalled = self.nodes.is_some()
+            && picked.pooled.is_some()
+            && matches!(e.kind(), fred::error::ErrorKind::Timeout)
+            && !picked.client.is_connected();
+        let err = self.fail(op, e, picked, started);
+        tracing::warn!(stalled, pooled = ?picked.pooled, connected = picked.client.is_connected(), kind = ?e.kind(), "DEBUG retry_or_fail");
+        if stalled && let Ok(retry) = self.client_for(op, key).await {
+            return Ok(Picked {
+                pooled: None,
+                ..retry
+            });
+        }
+        Err(err)
+    }
+
+    /// `PING` through every known primary's node client; fine when any answers.
+    async fn ping_nodes(&self, nodes: &Nodes) -> Result<(), Error> {
+        let primaries = self
+            .pool
+            .next()
+            .cached_cluster_state()
+            .map(|state| state.unique_primary_nodes())
+            .unwrap_or_default();
+        for server in primaries {
+            if let Some(client) = self.node_client(nodes, &server).await
+                && client.ping::<String>(None).await.is_ok()
+            {
+                return Ok(());
+            }
+        }
+        Err(Error::Store {
+            op: "PING",
+            message: "no cluster primary answers".into(),
+            timeout: false,
+        })
+    }
+}
+
+/// The `SCAN MATCH` pattern of every key starting with `prefix`: its glob characters
+/// escaped, then `*`.
+fn glob_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('*');
+    pattern
 }
 
 fn store_error(op: &'static str, e: &fred::error::Error) -> Error {
@@ -223,26 +521,36 @@ fn store_error(op: &'static str, e: &fred::error::Error) -> Error {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
-        let client = self.client("GET")?;
-        let started = Instant::now();
-        let result = client.get::<Option<Bytes>, _>(key).await;
-        self.observe("GET", started);
-        result.map_err(|e| self.fail("GET", &e))
+        let mut picked = self.client_for("GET", key).await?;
+        loop {
+            let started = Instant::now();
+            let result = picked.client.get::<Option<Bytes>, _>(key).await;
+            self.observe("GET", started);
+            match result {
+                Ok(value) => return Ok(value),
+                Err(e) => picked = self.retry_or_fail("GET", key, &e, &picked, started).await?,
+            }
+        }
     }
 
     async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, Option<Duration>)>, Error> {
-        let client = self.client("GET")?;
-        let started = Instant::now();
-        // One round trip: GET and PTTL pipelined on the same connection.
-        let pipeline = client.pipeline();
-        let queued: Result<(), _> = pipeline.get::<(), _>(key).await;
-        let queued = queued.and(pipeline.pttl::<(), _>(key).await);
-        let result = match queued {
-            Ok(()) => pipeline.all::<(Option<Bytes>, i64)>().await,
-            Err(e) => Err(e),
+        let mut picked = self.client_for("GET", key).await?;
+        let (value, pttl) = loop {
+            let started = Instant::now();
+            // One round trip: GET and PTTL pipelined on the same connection.
+            let pipeline = picked.client.pipeline();
+            let queued: Result<(), _> = pipeline.get::<(), _>(key).await;
+            let queued = queued.and(pipeline.pttl::<(), _>(key).await);
+            let result = match queued {
+                Ok(()) => pipeline.all::<(Option<Bytes>, i64)>().await,
+                Err(e) => Err(e),
+            };
+            self.observe("GET", started);
+            match result {
+                Ok(read) => break read,
+                Err(e) => picked = self.retry_or_fail("GET", key, &e, &picked, started).await?,
+            }
         };
-        self.observe("GET", started);
-        let (value, pttl) = result.map_err(|e| self.fail("GET", &e))?;
         Ok(value.map(|v| {
             // -1: no expiry. -2: the key expired between the two commands; trust it for
             // no time at all.
@@ -255,7 +563,8 @@ impl SessionStore for RedisStore {
     }
 
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Error> {
-        let client = self.client("SET")?;
+        let picked = self.client("SET")?;
+        let client = &picked.client;
         let started = Instant::now();
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let result = client
@@ -268,23 +577,27 @@ impl SessionStore for RedisStore {
             )
             .await;
         self.observe("SET", started);
-        result.map_err(|e| self.fail("SET", &e))
+        result.map_err(|e| self.fail("SET", &e, &picked, started))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, Error> {
-        let client = self.client("DEL")?;
+        let picked = self.client("DEL")?;
+        let client = &picked.client;
         let started = Instant::now();
         let result = client.del::<i64, _>(key).await;
         self.observe("DEL", started);
-        result.map(|n| n > 0).map_err(|e| self.fail("DEL", &e))
+        result
+            .map(|n| n > 0)
+            .map_err(|e| self.fail("DEL", &e, &picked, started))
     }
 
     async fn index_add(&self, index: &str, member: &str, ttl: Duration) -> Result<(), Error> {
-        let client = self.client("SADD")?;
+        let picked = self.client("SADD")?;
+        let client = &picked.client;
         let started = Instant::now();
         let added = client.sadd::<i64, _, _>(index, member).await;
         self.observe("SADD", started);
-        added.map_err(|e| self.fail("SADD", &e))?;
+        added.map_err(|e| self.fail("SADD", &e, &picked, started))?;
         // Keep the index at least as long as its longest session. `GT` only extends.
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let extended = client
@@ -300,30 +613,113 @@ impl SessionStore for RedisStore {
     }
 
     async fn index_members(&self, index: &str) -> Result<Vec<String>, Error> {
-        let client = self.client("SMEMBERS")?;
+        let picked = self.client("SMEMBERS")?;
+        let client = &picked.client;
         let started = Instant::now();
         let members = client.smembers::<Vec<String>, _>(index).await;
         self.observe("SMEMBERS", started);
-        members.map_err(|e| self.fail("SMEMBERS", &e))
+        members.map_err(|e| self.fail("SMEMBERS", &e, &picked, started))
     }
 
     async fn index_remove(&self, index: &str, members: &[String]) -> Result<(), Error> {
         if members.is_empty() {
             return Ok(());
         }
-        let client = self.client("SREM")?;
+        let picked = self.client("SREM")?;
+        let client = &picked.client;
         let started = Instant::now();
         let removed = client.srem::<i64, _, _>(index, members.to_vec()).await;
         self.observe("SREM", started);
-        removed.map(|_| ()).map_err(|e| self.fail("SREM", &e))
+        removed
+            .map(|_| ())
+            .map_err(|e| self.fail("SREM", &e, &picked, started))
+    }
+
+    fn scan<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<Vec<String>, Error>> {
+        let picked = match self.client("SCAN") {
+            Ok(picked) => picked,
+            Err(e) => return Box::pin(futures::stream::once(async { Err(e) })),
+        };
+        let client = picked.client.clone();
+        let started = Instant::now();
+        let pattern = glob_prefix(prefix);
+        // Every primary of a cluster; pages of about 1,000 keys. Dropping a page asks for
+        // the next one.
+        let pages = if client.is_clustered() {
+            client.scan_cluster(pattern, Some(1000), None).boxed()
+        } else {
+            client.scan(pattern, Some(1000), None).boxed()
+        };
+        Box::pin(pages.map(move |page| {
+            use fred::types::scan::Scanner as _;
+            let mut page = page.map_err(|e| self.fail("SCAN", &e, &picked, started))?;
+            Ok(page
+                .take_results()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|k| k.into_string())
+                .collect())
+        }))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let picked = self.client("GET")?;
+        let client = &picked.client;
+        let started = Instant::now();
+        // One pipeline of GETs rather than MGET: in a cluster the keys of a page may live
+        // in different slots.
+        let pipeline = client.pipeline();
+        let mut queued = Ok(());
+        for key in keys {
+            queued = queued.and(pipeline.get::<(), _>(key.as_str()).await);
+        }
+        let result = match queued {
+            Ok(()) => pipeline.all::<Vec<Option<Bytes>>>().await,
+            Err(e) => Err(e),
+        };
+        self.observe("GET", started);
+        result.map_err(|e| self.fail("GET", &e, &picked, started))
+    }
+
+    async fn unlink(&self, keys: &[String]) -> Result<usize, Error> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let picked = self.client("UNLINK")?;
+        let client = &picked.client;
+        let started = Instant::now();
+        let pipeline = client.pipeline();
+        let mut queued = Ok(());
+        for key in keys {
+            queued = queued.and(pipeline.unlink::<(), _>(key.as_str()).await);
+        }
+        let result = match queued {
+            Ok(()) => pipeline.all::<Vec<i64>>().await,
+            Err(e) => Err(e),
+        };
+        self.observe("UNLINK", started);
+        let counts = result.map_err(|e| self.fail("UNLINK", &e, &picked, started))?;
+        Ok(counts.into_iter().filter(|n| *n > 0).count())
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        let client = self.client("PING")?;
+        let picked = match (self.client("PING"), &self.nodes) {
+            (Ok(picked), _) => picked,
+            // A cluster resynchronizing: ready while any primary answers (the other
+            // replicas could not serve the keys of a primary that does not either).
+            (Err(_), Some(nodes)) => return self.ping_nodes(nodes).await,
+            (Err(e), None) => return Err(e),
+        };
+        let client = &picked.client;
         let started = Instant::now();
         let result = client.ping::<String>(None).await;
         self.observe("PING", started);
-        result.map(|_| ()).map_err(|e| self.fail("PING", &e))
+        result
+            .map(|_| ())
+            .map_err(|e| self.fail("PING", &e, &picked, started))
     }
 }
 
@@ -337,6 +733,16 @@ mod tests {
             Err(other) => panic!("{url}: not a config error: {other}"),
             Ok(_) => panic!("{url} with {ca_file:?} was accepted"),
         }
+    }
+
+    #[test]
+    fn scan_patterns_escape_the_prefix() {
+        assert_eq!(glob_prefix("sess:"), "sess:*");
+        assert_eq!(
+            glob_prefix(":1:django.contrib.sessions.cache"),
+            ":1:django.contrib.sessions.cache*"
+        );
+        assert_eq!(glob_prefix("a*b?[c]\\:"), "a\\*b\\?\\[c\\]\\\\:*");
     }
 
     #[test]
