@@ -1,15 +1,20 @@
 //! The TOML schema: serde DTOs that mirror SPEC's Configuration section key for key.
 //!
-//! These types only describe the file; they hold strings where the file holds strings.
-//! [`super::validate`] checks them and builds the typed [`super::Config`]. Every struct
-//! denies unknown keys and fills absent keys from its `Default`, whose values are the
-//! documented defaults (docs/configuration.md). Keys marked *extension* are ours, beyond
-//! SPEC.
+//! These types only describe the file. Values whose validity serde decides alone are
+//! typed here (durations, sizes, listen addresses and the closed sets, whose error lists
+//! the allowed names); everything else is the file's string, which [`super::validate`]
+//! checks while it builds the typed [`super::Config`]. Every struct denies unknown keys
+//! and fills absent keys from its `Default`, whose values are the documented defaults
+//! (docs/configuration.md). Keys marked *extension* are ours, beyond SPEC.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{Algorithm, AuthMode, LogFormat, SessionFormat};
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
@@ -39,14 +44,18 @@ pub struct ConfigDto {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerDto {
     /// Proxy listener address. Default `"0.0.0.0:8080"`.
-    pub listen: String,
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
     /// Admin listener address (/metrics, /healthz, /readyz, JWKS). Default `"127.0.0.1:9090"`.
-    pub admin_listen: String,
+    #[serde(deserialize_with = "socket_addr")]
+    pub admin_listen: SocketAddr,
     /// Optional TLS on the proxy listener, `{ cert = "...", key = "..." }`. Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsDto>,
     /// Worker threads of the proxy service. Default `2`.
     pub threads: usize,
+    /// CIDRs (or IPs) of proxies whose `X-Forwarded-For` is extended. Default `[]`.
+    pub trusted_proxies: Vec<String>,
     /// *Extension.* How long a graceful shutdown waits for requests in flight. Default `"30s"`.
     #[serde(with = "duration")]
     pub grace_period: Duration,
@@ -86,16 +95,26 @@ pub struct RedisDto {
     pub ca_file: String,
 }
 
-/// `[session]`.
+/// `[session]`. `cookie`, `key_prefix` and `subject_field` default by `format`
+/// ([`SessionFormat::defaults`]).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionDto {
-    /// Session cookie name. Default `"__Host-session"`.
-    pub cookie: String,
-    /// Redis key prefix of sessions. Default `"sg:session:"`.
-    pub key_prefix: String,
-    /// Whether the Redis key holds SHA-256 of the cookie rather than the cookie. Default `true`.
-    pub hashed_keys: bool,
+    /// Who writes the sessions. Default `"sessiongate"`.
+    pub format: SessionFormat,
+    /// Session cookie name. Default: the format's (`"__Host-session"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// Redis key prefix of sessions. Default: the format's (`"sg:session:"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// Whether the Redis key holds SHA-256 of the cookie; only for format `"sessiongate"`.
+    /// Default `true` there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hashed_keys: Option<bool>,
+    /// Env var holding express's cookie secret(s); required for format `"express"` only.
+    /// Default `""`.
+    pub secrets_env: String,
     /// The most a non-critical route trusts a cached session; `"0s"` disables. Default `"5s"`.
     #[serde(with = "duration")]
     pub cache_ttl: Duration,
@@ -115,14 +134,33 @@ pub struct SessionDto {
     /// *Extension.* Whether Redis pushes session-key invalidations (`CLIENT TRACKING`),
     /// so revocations reach the cache in milliseconds. Default `true`.
     pub push_invalidation: bool,
-    /// Session field that becomes the JWT `sub`. Default `"sub"`.
-    pub subject_field: String,
+    /// Session field (name or JSON Pointer) that becomes the JWT `sub`. Default: the
+    /// format's (`"sub"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject_field: Option<String>,
     /// Session fields copied into the JWT. Default `["roles", "email"]`.
-    pub claims: Vec<String>,
+    pub claims: ClaimsDto,
     /// Whether the session cookie is forwarded upstream. Default `false`.
     pub forward_cookie: bool,
     /// Where browsers without a session are redirected; `""` disables. Default `""`.
     pub login_url: String,
+    /// Re-check of open WebSockets/streams while the push channel is down. Default `"1s"`.
+    #[serde(with = "duration")]
+    pub stream_recheck: Duration,
+}
+
+/// `session.claims`: field names or JSON Pointers (the claim is named after the last
+/// segment), or a table of claim name to field.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(
+    untagged,
+    expecting = "an array of field names or JSON Pointers, or a table of claim names to them"
+)]
+pub enum ClaimsDto {
+    /// `["roles", "/passport/user"]`.
+    List(Vec<String>),
+    /// `{ uid = "/passport/user" }`.
+    Table(BTreeMap<String, String>),
 }
 
 /// `[token]`.
@@ -135,7 +173,7 @@ pub struct TokenDto {
     #[serde(with = "duration")]
     pub ttl: Duration,
     /// `"ES256"` or `"EdDSA"`. Default `"ES256"`.
-    pub algorithm: String,
+    pub algorithm: Algorithm,
 }
 
 /// `[keys]`.
@@ -143,7 +181,7 @@ pub struct TokenDto {
 #[serde(default, deny_unknown_fields)]
 pub struct KeysDto {
     /// `"redis"` or `"file"`. Default `"redis"`.
-    pub store: String,
+    pub store: StoreKind,
     /// Key directory for `store = "file"`. Default `""`.
     pub dir: String,
     /// How often a new signing key takes over. Default `"24h"`.
@@ -154,9 +192,21 @@ pub struct KeysDto {
     pub publish_ahead: Duration,
     /// Env var holding the key-encryption key for `store = "redis"`. Default `"SESSIONGATE_KEK"`.
     pub kek_env: String,
+    /// Prefix of the keyring's Redis keys. Default `"sg:keys:"`.
+    pub redis_prefix: String,
     /// *Extension.* Verifier clock skew a retired key stays published for. Default `"60s"`.
     #[serde(with = "duration")]
     pub clock_skew: Duration,
+}
+
+names! {
+    /// `keys.store`.
+    StoreKind {
+        /// Keys in Redis, shared by every replica.
+        Redis = "redis",
+        /// Keys in `keys.dir`.
+        File = "file",
+    }
 }
 
 /// `[exchange]`.
@@ -174,7 +224,7 @@ pub struct ExchangeDto {
 #[serde(default, deny_unknown_fields)]
 pub struct LogDto {
     /// `"human"` or `"json"`. Default `"human"`.
-    pub format: String,
+    pub format: LogFormat,
     /// `RUST_LOG`-style filter. Default `"warn,sessiongate=info,gateway=info,exchange=info,keys=info"`.
     pub filter: String,
 }
@@ -194,11 +244,21 @@ pub struct RouteDto {
     /// JWT `aud`; `""` means the route's name. Default `""`.
     pub audience: String,
     /// `"required"`, `"optional"` or `"none"`. Default `"required"`.
-    pub auth: String,
+    pub auth: AuthMode,
     /// Whether every request re-checks the session in Redis. Default `false`.
     pub critical: bool,
     /// Token lifetime override, at most `token.ttl`; `""` means `token.ttl`. Default `""`.
-    pub token_ttl: String,
+    #[serde(with = "optional_duration")]
+    pub token_ttl: Option<Duration>,
+    /// WebSockets and streams end after this long; `""` means never. Default `""`.
+    #[serde(with = "optional_duration")]
+    pub max_connection_lifetime: Option<Duration>,
+    /// Upstream connect timeout. Default `"2s"`.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Upstream silence allowed while a response is awaited. Default `"60s"`.
+    #[serde(with = "duration")]
+    pub read_timeout: Duration,
     /// *Extension.* PEM CA certificate that `https://` upstreams must chain to; `""`
     /// means the system roots. Default `""`.
     pub ca_file: String,
@@ -209,10 +269,11 @@ pub struct RouteDto {
 impl Default for ServerDto {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:8080".into(),
-            admin_listen: "127.0.0.1:9090".into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             tls: None,
             threads: 2,
+            trusted_proxies: Vec::new(),
             grace_period: Duration::from_secs(30),
             max_cookie_header_bytes: 8192,
             hsts: String::new(),
@@ -235,19 +296,22 @@ impl Default for RedisDto {
 impl Default for SessionDto {
     fn default() -> Self {
         Self {
-            cookie: "__Host-session".into(),
-            key_prefix: "sg:session:".into(),
-            hashed_keys: true,
+            format: SessionFormat::Sessiongate,
+            cookie: None,
+            key_prefix: None,
+            hashed_keys: None,
+            secrets_env: String::new(),
             cache_ttl: Duration::from_secs(5),
             negative_cache_ttl: Duration::from_secs(1),
             push_invalidation: true,
             cache_max_entries: 100_000,
             cache_max_bytes: ByteSize::b(exchange::cache::DEFAULT_MAX_BYTES),
             token_cache_max_bytes: ByteSize::b(exchange::cache::DEFAULT_TOKEN_MAX_BYTES),
-            subject_field: "sub".into(),
-            claims: vec!["roles".into(), "email".into()],
+            subject_field: None,
+            claims: ClaimsDto::List(vec!["roles".into(), "email".into()]),
             forward_cookie: false,
             login_url: String::new(),
+            stream_recheck: Duration::from_secs(1),
         }
     }
 }
@@ -257,7 +321,7 @@ impl Default for TokenDto {
         Self {
             issuer: "https://gateway.internal".into(),
             ttl: Duration::from_secs(5 * 60),
-            algorithm: "ES256".into(),
+            algorithm: Algorithm::Es256,
         }
     }
 }
@@ -265,11 +329,12 @@ impl Default for TokenDto {
 impl Default for KeysDto {
     fn default() -> Self {
         Self {
-            store: "redis".into(),
+            store: StoreKind::Redis,
             dir: String::new(),
             rotate_every: Duration::from_secs(24 * 3600),
             publish_ahead: Duration::from_secs(30 * 60),
             kek_env: "SESSIONGATE_KEK".into(),
+            redis_prefix: "sg:keys:".into(),
             clock_skew: Duration::from_secs(60),
         }
     }
@@ -287,7 +352,7 @@ impl Default for ExchangeDto {
 impl Default for LogDto {
     fn default() -> Self {
         Self {
-            format: "human".into(),
+            format: LogFormat::Human,
             filter: "warn,sessiongate=info,gateway=info,exchange=info,keys=info".into(),
         }
     }
@@ -301,9 +366,12 @@ impl Default for RouteDto {
             host: String::new(),
             upstreams: Vec::new(),
             audience: String::new(),
-            auth: "required".into(),
+            auth: AuthMode::Required,
             critical: false,
-            token_ttl: String::new(),
+            token_ttl: None,
+            max_connection_lifetime: None,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(60),
             ca_file: String::new(),
         }
     }
@@ -312,22 +380,27 @@ impl Default for RouteDto {
 /// Formats a duration the way people write them in the file: the largest whole unit
 /// among `h`, `m`, `s`, `ms` (`"24h"`, `"30m"`, `"250ms"`, `"0s"`), else humantime's form.
 pub fn format_duration(d: Duration) -> String {
-    if d.is_zero() {
-        return "0s".to_owned();
-    }
-    if !d.subsec_nanos().is_multiple_of(1_000_000) {
-        return humantime::format_duration(d).to_string();
-    }
     let ms = d.as_millis();
-    if ms.is_multiple_of(3_600_000) {
-        format!("{}h", ms / 3_600_000)
-    } else if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
+    match () {
+        _ if d.is_zero() => "0s".to_owned(),
+        _ if !d.subsec_nanos().is_multiple_of(1_000_000) => {
+            humantime::format_duration(d).to_string()
+        }
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
     }
+}
+
+/// An IP address with a port, with an error that says so.
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not an IP address with a port, like `0.0.0.0:8080` or `[::]:8080`"
+        ))
+    })
 }
 
 /// Serde adapter: humantime strings in, [`format_duration`] strings out.
@@ -345,39 +418,56 @@ mod duration {
     }
 }
 
-/// Byte sizes: an integer (bytes) or a string with a unit, like `"256MiB"`.
-mod size {
-    use bytesize::ByteSize;
-    use serde::de::{self, Visitor};
-    use serde::{Deserializer, Serialize, Serializer};
+/// Serde adapter: a duration, or `""` for none.
+mod optional_duration {
+    use std::time::Duration;
 
-    struct SizeVisitor;
+    use serde::{Deserialize, Deserializer, Serializer};
 
-    impl Visitor<'_> for SizeVisitor {
-        type Value = ByteSize;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(r#"a size like "256MiB" or "1GiB" (KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000), or a number of bytes"#)
-        }
-
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
-            Ok(ByteSize::b(v))
-        }
-
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-            u64::try_from(v)
-                .map(ByteSize::b)
-                .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
-        }
-
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
-            v.parse()
-                .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "" => Ok(None),
+            text => humantime::parse_duration(text).map(Some).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a duration like \"2m\" (or \"\" for none): {e}"
+                ))
+            }),
         }
     }
 
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&d.map(super::format_duration).unwrap_or_default())
+    }
+}
+
+/// Byte sizes: an integer (bytes) or a string with a unit, like `"256MiB"`.
+mod size {
+    use bytesize::ByteSize;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(
+        untagged,
+        expecting = r#"a size like "256MiB" or "1GiB" (KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000), or a number of bytes"#
+    )]
+    enum Size {
+        Bytes(u64),
+        Text(#[serde(deserialize_with = "text")] ByteSize),
+    }
+
+    fn text<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
-        d.deserialize_any(SizeVisitor)
+        Ok(match Size::deserialize(d)? {
+            Size::Bytes(n) => ByteSize::b(n),
+            Size::Text(size) => size,
+        })
     }
 
     pub(super) fn serialize<S: Serializer>(v: &ByteSize, s: S) -> Result<S::Ok, S::Error> {
@@ -451,7 +541,7 @@ mod tests {
     fn empty_file_is_all_defaults() {
         let dto: ConfigDto = toml::from_str("").expect("empty parses");
         assert_eq!(dto, ConfigDto::default());
-        assert_eq!(dto.server.listen, "0.0.0.0:8080");
+        assert_eq!(dto.server.listen, SocketAddr::from(([0, 0, 0, 0], 8080)));
         assert!(dto.routes.is_empty());
     }
 }

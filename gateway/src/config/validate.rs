@@ -2,30 +2,33 @@
 //!
 //! Parsing happens in three steps, each of which reports every problem it finds:
 //! 1. TOML syntax (one error: the parser stops at the first).
-//! 2. Shape: each key of each section is deserialized on its own, so every unknown key
-//!    and every wrongly typed value is reported, each with its key path; such a key
-//!    takes its default for the next step.
+//! 2. Shape: each key of each section (and each route) is deserialized on its own, so
+//!    every unknown key and every value serde refuses (a wrong type, a name outside a
+//!    closed set, a bad duration) is reported with its key path; such a key takes its
+//!    default for the next step.
 //! 3. Meaning: [`validate`] checks every rule of docs/configuration.md and builds the
 //!    typed config. Errors about keys that already failed step 2 are dropped.
 //!
 //! Errors carry the key path (`route[2].upstreams[0]`) and, when the key is in the file,
-//! its line and column, found through a span index of the document.
+//! its line and column, from the spans of a `toml_edit` document. No message quotes
+//! `redis.url`, which may hold passwords.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::IpAddr;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::de::{
-    self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
-};
+use ipnet::IpNet;
+use toml::{Table, Value};
+use url::{Host, Url};
 
-use super::schema::{ConfigDto, RouteDto};
+use super::schema::{ClaimsDto, ConfigDto, RouteDto, SessionDto, StoreKind, format_duration};
 use super::{
-    Algorithm, AuthMode, Config, ExchangeConfig, KeyStoreConfig, KeysConfig, LogConfig, LogFormat,
-    RedisConfig, RouteConfig, ServerConfig, SessionConfig, TlsConfig, TokenConfig, Upstream,
+    ClaimConfig, Config, ExchangeConfig, KeyStoreConfig, KeysConfig, LogConfig, RedisConfig,
+    RouteConfig, ServerConfig, SessionConfig, SessionFormat, TlsConfig, TokenConfig, Upstream,
 };
 
 /// One problem in a config file.
@@ -49,51 +52,50 @@ pub const REDIS_SCHEMES: &[&str] = &[
     "rediss-sentinel",
 ];
 
-/// Smallest `session.cache_max_bytes` accepted.
-const MIN_CACHE_BYTES: u64 = 1024 * 1024;
-
-/// Session fields that may not be copied into the JWT: the gateway sets these claims.
+/// Claim names the session may not supply: the gateway sets these claims.
 pub const RESERVED_CLAIMS: &[&str] = &[
     "iss", "sub", "aud", "iat", "nbf", "exp", "jti", "sid", "chk",
 ];
 
-/// The sections (top-level keys) a config file may have.
-const SECTIONS: &[&str] = &[
-    "server", "redis", "session", "token", "keys", "exchange", "log", "route",
-];
+/// `rules!(v; path, failed, "message", args...; ...)`: reports each rule that failed.
+macro_rules! rules {
+    ($v:ident; $($path:expr, $failed:expr, $message:literal $(, $arg:expr)*;)*) => {
+        $(if $failed { $v.push($path, format!($message $(, $arg)*)); })*
+    };
+}
 
 /// Parses and validates a config file's text.
 ///
 /// # Errors
 /// Every problem found, each with its key path and, when known, its line and column.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let (dto, shape) = deserialize(text)?;
-    let result = match validate(&dto) {
-        Ok(config) if shape.is_empty() => Ok(config),
-        Ok(_) => Err(shape),
+    let root: Table = toml::from_str(text).map_err(|e| vec![syntax_error(text, &e)])?;
+    let mut errors = Vec::new();
+    let dto = keep(String::new(), Value::Table(root), &|v| v, 0, &mut errors)
+        .and_then(|root| root.try_into().ok())
+        .unwrap_or_default();
+    match validate(&dto) {
+        Ok(config) if errors.is_empty() => return Ok(config),
+        Ok(_) => {}
+        // A key that failed to deserialize took its default; rules about it (or anything
+        // under it), or about the keys only a format has, would only repeat or mislead.
         Err(rules) => {
-            // A key that failed to deserialize took its default; rules about it (or
-            // anything under it) would only repeat or mislead.
-            let rules: Vec<ConfigError> = rules
-                .into_iter()
-                .filter(|r| !shape.iter().any(|e| is_within(&r.path, &e.path)))
-                .collect();
-            let mut errors = shape;
+            let failed = |path: &str| errors.iter().any(|e| is_within(path, &e.path));
+            let by_format = ["session.hashed_keys", "session.secrets_env"];
+            let misleads = |r: &ConfigError| {
+                failed(&r.path) || failed("session.format") && by_format.contains(&&*r.path)
+            };
+            let rules: Vec<ConfigError> = rules.into_iter().filter(|r| !misleads(r)).collect();
             errors.extend(rules);
-            Err(errors)
         }
-    };
-    result.map_err(|mut errors| {
-        let spans = SpanIndex::build(text);
-        for e in &mut errors {
-            if e.location.is_none() {
-                e.location = spans.locate(&e.path).map(|offset| line_col(text, offset));
-            }
-        }
-        // File order; errors about keys that are not in the file come last.
-        errors.sort_by_key(|e| e.location.unwrap_or((usize::MAX, usize::MAX)));
-        errors
-    })
+    }
+    let spans = spans(text);
+    for e in &mut errors {
+        e.location = locate(text, &spans, &e.path);
+    }
+    // File order; errors about keys that are not in the file come last.
+    errors.sort_by_key(|e| e.location.unwrap_or((usize::MAX, usize::MAX)));
+    Err(errors)
 }
 
 /// Checks every rule on a deserialized file and builds the typed config.
@@ -102,17 +104,157 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
 /// Every rule that fails, each with its key path (no locations: see [`parse`]).
 pub fn validate(dto: &ConfigDto) -> Result<Config, Vec<ConfigError>> {
     let mut v = Errors::default();
+    let (s, r, se, t, k) = (&dto.server, &dto.redis, &dto.session, &dto.token, &dto.keys);
+    let x = &dto.exchange;
+    let hsts = s.hsts.trim();
+    let bad_hsts = !hsts.to_ascii_lowercase().starts_with("max-age=")
+        || hsts.bytes().any(|b| b.is_ascii_control());
+    let tls_url = v.ok("redis.url", redis_url(&r.url));
+    let session = session(se, &mut v);
+    let (ours, theirs) = (&k.redis_prefix, &session.key_prefix);
+    let whole_seconds = |d: Duration| d.subsec_nanos() != 0;
+    let env_name = |name: &str| name.contains(['=', '\0']);
+    rules! { v;
+        "server.admin_listen", s.listen == s.admin_listen && s.listen.port() != 0,
+            "must differ from server.listen";
+        "server.tls.cert", s.tls.as_ref().is_some_and(|t| t.cert.is_empty()), "must not be empty";
+        "server.tls.key", s.tls.as_ref().is_some_and(|t| t.key.is_empty()), "must not be empty";
+        "server.threads", s.threads == 0, "must be at least 1";
+        "server.max_cookie_header_bytes", s.max_cookie_header_bytes == 0, "must be at least 1";
+        "server.upgrade_sock", s.upgrade_sock.is_empty(), "must not be empty";
+        "server.hsts", !hsts.is_empty() && bad_hsts,
+            "must be a Strict-Transport-Security value starting with `max-age=`";
+        "server.hsts", !hsts.is_empty() && !bad_hsts && s.tls.is_none(),
+            "only applies with server.tls (HSTS over plain HTTP is ignored by browsers)";
+        "redis.timeout", r.timeout.is_zero(), "must be greater than 0s";
+        "redis.pool_size", !(1..=64).contains(&r.pool_size), "must be between 1 and 64";
+        "redis.ca_file", !r.ca_file.is_empty() && tls_url == Some(false),
+            "applies only to TLS URLs (rediss://, rediss-cluster://, rediss-sentinel://)";
+        "token.issuer", t.issuer.is_empty(), "must not be empty";
+        "token.ttl", t.ttl < Duration::from_secs(1) || t.ttl > Duration::from_secs(24 * 3600),
+            "must be between 1s and 24h";
+        "keys.dir", k.store == StoreKind::File && k.dir.is_empty(),
+            "must be set when store = \"file\"";
+        "keys.kek_env", k.store == StoreKind::Redis && k.kek_env.is_empty(),
+            "must name the env var holding the key-encryption key when store = \"redis\"";
+        "keys.kek_env", env_name(&k.kek_env), "must be the name of an environment variable";
+        // Key times are Unix seconds: a fraction would be dropped without a word (a
+        // publish_ahead of "1500ms" would publish a key only 1 s ahead).
+        "keys.rotate_every", whole_seconds(k.rotate_every), "must be a whole number of seconds";
+        "keys.publish_ahead", whole_seconds(k.publish_ahead), "must be a whole number of seconds";
+        "keys.clock_skew", whole_seconds(k.clock_skew), "must be a whole number of seconds";
+        "keys.publish_ahead", k.publish_ahead.is_zero(), "must be greater than 0s";
+        "keys.rotate_every", !k.publish_ahead.is_zero() && k.rotate_every <= k.publish_ahead,
+            "must be longer than keys.publish_ahead ({})", format_duration(k.publish_ahead);
+        "keys.redis_prefix", ours.is_empty(), "must not be empty";
+        "keys.redis_prefix", !ours.is_empty() && !theirs.is_empty()
+            && (ours.starts_with(theirs.as_str()) || theirs.starts_with(ours.as_str())),
+            "`{ours}` and session.key_prefix `{theirs}` overlap: the keyring must never be \
+             under the sessions' prefix, nor contain it";
+        "session.secrets_env", se.format == SessionFormat::Express && env_name(&se.secrets_env),
+            "must be the name of an environment variable";
+    }
+    if !x.path.is_empty()
+        && let Err(why) = check_normalized_path(&x.path)
+    {
+        v.push("exchange.path", why);
+    }
+    let mut allowed_origins = v.each("exchange.allowed_origins", &x.allowed_origins, origin);
+    let mut seen = HashSet::new();
+    allowed_origins.retain(|o| seen.insert(o.clone()));
     let config = Config {
-        server: server(dto, &mut v),
-        redis: redis(dto, &mut v),
-        session: session(dto, &mut v),
-        token: token(dto, &mut v),
-        keys: keys(dto, &mut v),
-        exchange: exchange(dto, &mut v),
+        server: ServerConfig {
+            listen: s.listen,
+            admin_listen: s.admin_listen,
+            tls: s.tls.as_ref().map(|t| TlsConfig {
+                cert: PathBuf::from(&t.cert),
+                key: PathBuf::from(&t.key),
+            }),
+            threads: s.threads,
+            grace_period: s.grace_period,
+            max_cookie_header_bytes: s.max_cookie_header_bytes,
+            hsts: (!hsts.is_empty()).then(|| hsts.to_owned()),
+            upgrade_sock: PathBuf::from(&s.upgrade_sock),
+            trusted_proxies: v.each("server.trusted_proxies", &s.trusted_proxies, cidr),
+        },
+        redis: RedisConfig {
+            url: r.url.clone(),
+            timeout: r.timeout,
+            pool_size: r.pool_size,
+            ca_file: path(&r.ca_file),
+        },
+        session,
+        token: TokenConfig {
+            issuer: t.issuer.clone(),
+            ttl: t.ttl,
+            algorithm: t.algorithm,
+        },
+        keys: KeysConfig {
+            store: match k.store {
+                StoreKind::Redis => KeyStoreConfig::Redis,
+                StoreKind::File => KeyStoreConfig::File {
+                    dir: PathBuf::from(&k.dir),
+                },
+            },
+            rotate_every: k.rotate_every,
+            publish_ahead: k.publish_ahead,
+            kek_env: k.kek_env.clone(),
+            redis_prefix: k.redis_prefix.clone(),
+            clock_skew: k.clock_skew,
+        },
+        exchange: ExchangeConfig {
+            path: (!x.path.is_empty()).then(|| x.path.clone()),
+            allowed_origins,
+        },
         routes: routes(dto, &mut v),
-        log: log(dto, &mut v),
+        log: LogConfig {
+            format: dto.log.format,
+            filter: dto.log.filter.clone(),
+        },
     };
     if v.0.is_empty() { Ok(config) } else { Err(v.0) }
+}
+
+/// `url` with every secret fred reads from it (the password, and query values such as
+/// `sentinelPassword`) replaced by `***`, for output and error messages:
+/// `redis://app:s3cret@h:6379/0` becomes `redis://app:***@h:6379/0`. When its parts are
+/// ambiguous (it does not parse, or a raw `/`, `?` or `#` in a password moved an `@` out
+/// of the user info) and it may hold a secret, only its scheme is kept. A URL without
+/// secrets is returned as it is.
+pub fn redact_url(raw: &str) -> Cow<'_, str> {
+    let secret = |key: &str| key.to_ascii_lowercase().contains("password");
+    match Url::parse(raw) {
+        Ok(mut url) if !url[url::Position::BeforePath..].contains('@') => {
+            let redact = |pair: &str| match url::form_urlencoded::parse(pair.as_bytes()).next() {
+                Some((key, _)) if secret(&key) => {
+                    format!("{}=***", pair.split_once('=').map_or(pair, |(key, _)| key))
+                }
+                _ => pair.to_owned(),
+            };
+            let query = url
+                .query()
+                .map(|q| q.split('&').map(redact).collect::<Vec<_>>().join("&"));
+            if url.password().is_none() && query.as_deref() == url.query() {
+                return raw.into();
+            }
+            if url.password().is_some() && url.set_password(Some("***")).is_err() {
+                return "***".into();
+            }
+            url.set_query(query.as_deref());
+            url.to_string().into()
+        }
+        _ if !raw.contains(['@', '%']) && !secret(raw) => raw.into(),
+        _ => match raw.split_once("://") {
+            Some((scheme, _))
+                if scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+            {
+                format!("{scheme}://***").into()
+            }
+            _ => "***".into(),
+        },
+    }
 }
 
 // === impl ConfigError ===
@@ -140,7 +282,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-// === deserialization ===
+// === steps 1 and 2: syntax and shape ===
 
 #[derive(Default)]
 struct Errors(Vec<ConfigError>);
@@ -148,6 +290,24 @@ struct Errors(Vec<ConfigError>);
 impl Errors {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError::new(path, message));
+    }
+
+    /// The value of a check, or its error reported at `path`.
+    fn ok<T>(&mut self, path: &str, checked: Result<T, String>) -> Option<T> {
+        checked.map_err(|why| self.push(path, why)).ok()
+    }
+
+    /// The items of the list at `path` that `parse` accepts; the others reported at `path[i]`.
+    fn each<T>(
+        &mut self,
+        path: &str,
+        items: &[String],
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Vec<T> {
+        let items = items.iter().enumerate();
+        items
+            .filter_map(|(i, item)| self.ok(&format!("{path}[{i}]"), parse(item)))
+            .collect()
     }
 }
 
@@ -157,107 +317,71 @@ fn is_within(path: &str, ancestor: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
-/// Steps 1 and 2: syntax (a syntax error is the only error), then the shape of every key.
-/// A key whose value does not fit is reported and takes its default, so the rules can
-/// still check the rest.
-fn deserialize(text: &str) -> Result<(ConfigDto, Vec<ConfigError>), Vec<ConfigError>> {
-    let mut root: toml::Table = toml::from_str(text).map_err(|e| vec![syntax_error(text, &e)])?;
-    let mut errors = Errors::default();
-    for key in root.keys() {
-        if !SECTIONS.contains(&key.as_str()) {
-            errors.push(
-                key.clone(),
-                format!(
-                    "unknown key; expected one of the sections {}",
-                    SECTIONS.join(", ")
-                ),
-            );
+/// The parts of `value` (at `path`, `depth` tables down) that deserialize, each key tried
+/// on its own; every part that does not is reported and dropped. `wrap` puts a part back
+/// where it lives in an otherwise empty file. Sections and routes are opened; their keys
+/// are tried whole.
+fn keep(
+    path: String,
+    value: Value,
+    wrap: &dyn Fn(Value) -> Value,
+    depth: usize,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Value> {
+    let check = |v: Value, errors: &mut Vec<ConfigError>| match wrap(v).try_into::<ConfigDto>() {
+        Ok(_) => true,
+        Err(e) => {
+            let at = if path.is_empty() {
+                "<toml>"
+            } else {
+                path.as_str()
+            };
+            errors.push(ConfigError::new(at, serde_message(&e)));
+            false
         }
-    }
-    let mut dto = ConfigDto {
-        server: section(&mut root, "server", &mut errors),
-        redis: section(&mut root, "redis", &mut errors),
-        session: section(&mut root, "session", &mut errors),
-        token: section(&mut root, "token", &mut errors),
-        keys: section(&mut root, "keys", &mut errors),
-        exchange: section(&mut root, "exchange", &mut errors),
-        log: section(&mut root, "log", &mut errors),
-        routes: Vec::new(),
     };
-    match root.remove("route") {
-        None => {}
-        Some(toml::Value::Array(items)) => {
-            for (i, item) in items.into_iter().enumerate() {
-                let path = format!("route[{i}]");
-                match item {
-                    toml::Value::Table(t) => {
-                        dto.routes.push(fields::<RouteDto>(&path, t, &mut errors))
-                    }
-                    other => errors.push(
-                        path,
-                        format!("expected a table, found {}", other.type_str()),
-                    ),
-                }
-            }
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
         }
-        Some(other) => errors.push(
-            "route",
-            format!(
-                "expected an array of tables ([[route]]), found {}",
-                other.type_str()
-            ),
+    };
+    let value = match value {
+        // A section or route whose name or kind is wrong is reported once, as a whole.
+        Value::Table(_) if depth == 1 && !check(Value::Table(Table::new()), errors) => return None,
+        Value::Array(_) if depth == 1 && !check(Value::Array(Vec::new()), errors) => return None,
+        Value::Table(table) if depth < 2 => Value::Table(
+            table
+                .into_iter()
+                .filter_map(|(key, v)| {
+                    let wrap = |v| wrap(Value::Table(Table::from_iter([(key.clone(), v)])));
+                    keep(join(&key), v, &wrap, depth + 1, errors).map(|v| (key, v))
+                })
+                .collect(),
         ),
-    }
-    Ok((dto, errors.0))
-}
-
-fn section<T: DeserializeOwned + Default>(
-    root: &mut toml::Table,
-    name: &str,
-    errors: &mut Errors,
-) -> T {
-    match root.remove(name) {
-        None => T::default(),
-        Some(toml::Value::Table(t)) => fields(name, t, errors),
-        Some(other) => {
-            errors.push(
-                name,
-                format!("expected a table, found {}", other.type_str()),
-            );
-            T::default()
+        Value::Array(items) if depth == 1 => {
+            let wrap = |v| wrap(Value::Array(vec![v]));
+            let items = items.into_iter().enumerate();
+            Value::Array(
+                items
+                    .filter_map(|(i, v)| keep(format!("{path}[{i}]"), v, &wrap, 1, errors))
+                    .collect(),
+            )
         }
-    }
+        other => other,
+    };
+    check(value.clone(), errors).then_some(value)
 }
 
-/// Deserializes a table, trying each key on its own first so that every bad key is named.
-fn fields<T: DeserializeOwned + Default>(
-    path: &str,
-    mut table: toml::Table,
-    errors: &mut Errors,
-) -> T {
-    let mut bad = Vec::new();
-    for (key, value) in &table {
-        let one = toml::Table::from_iter([(key.clone(), value.clone())]);
-        if let Err(e) = toml::Value::Table(one).try_into::<T>() {
-            errors.push(format!("{path}.{key}"), serde_message(e.message()));
-            bad.push(key.clone());
-        }
-    }
-    for key in &bad {
-        table.remove(key);
-    }
-    toml::Value::Table(table)
-        .try_into::<T>()
-        .unwrap_or_else(|e| {
-            errors.push(path, serde_message(e.message()));
-            T::default()
-        })
-}
-
-fn serde_message(message: &str) -> String {
-    let message = message.trim().replace('\n', "; ");
-    match message.strip_prefix("unknown field ") {
-        Some(rest) => format!("unknown key {rest}"),
+/// serde's message in the file's words: keys, arrays and tables.
+fn serde_message(e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', "; ");
+    let message = message
+        .replace("unknown field", "unknown key")
+        .replace("a sequence", "an array");
+    match message.find("expected struct ") {
+        Some(cut) => format!("{}expected a table", &message[..cut]),
         None => message,
     }
 }
@@ -268,7 +392,7 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
         path: offset
             .and_then(|o| path_at(text, o))
             .unwrap_or_else(|| "<toml>".to_owned()),
-        message: format!("invalid TOML: {}", serde_message(e.message())),
+        message: format!("invalid TOML: {}", serde_message(e)),
         location: offset.map(|o| line_col(text, o)),
     }
 }
@@ -276,403 +400,258 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
 /// Best-effort key path for a byte offset, from table headers and the key on that line;
 /// used only for syntax errors, when there is no document to index.
 fn path_at(text: &str, offset: usize) -> Option<String> {
-    let before = text.get(..offset)?;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let mut table: Option<String> = None;
-    let mut arrays: HashMap<String, usize> = HashMap::new();
-    for line in text[..line_start].lines() {
-        let line = line.trim();
-        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
-            let name = name.trim().to_owned();
-            let n = arrays.entry(name.clone()).or_insert(0);
-            table = Some(format!("{name}[{n}]"));
-            *n += 1;
-        } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
-            let name = name.trim();
-            if !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-. ".contains(&b))
-            {
-                table = Some(name.to_owned());
-            }
-        }
-    }
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| {
+    let line_start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let is_key = |k: &str| {
         !k.is_empty()
             && k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-    });
+    };
+    let mut table = None;
+    let mut arrays: HashMap<&str, usize> = HashMap::new();
+    for line in text[..line_start].lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
+            let n = arrays.entry(name.trim()).or_insert(0);
+            table = Some(format!("{}[{n}]", name.trim()));
+            *n += 1;
+        } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            table = is_key(name.trim())
+                .then(|| name.trim().to_owned())
+                .or(table);
+        }
+    }
+    let line = text[line_start..].lines().next();
+    let key = line
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim())
+        .filter(|k| is_key(k));
     match (table, key) {
         (Some(t), Some(k)) => Some(format!("{t}.{k}")),
-        (Some(t), None) => Some(t),
-        (None, Some(k)) => Some(k.to_owned()),
-        (None, None) => None,
+        (t, k) => t.or(k.map(str::to_owned)),
     }
 }
 
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
-    (line, column)
+    (
+        line,
+        before.rsplit('\n').next().unwrap_or("").chars().count() + 1,
+    )
 }
 
-// === span index ===
-
-/// Where each value of the document is: key path → byte span.
-#[derive(Default)]
-struct SpanIndex(HashMap<String, Range<usize>>);
-
-// toml's `Spanned<T>` protocol (serde_spanned): asking for this struct makes toml hand
-// the value's span to the visitor. Used through a seed so that values without a span
-// (implicit tables) still deserialize.
-const SPANNED: &str = "$__serde_spanned_private_Spanned";
-const SPAN_START: &str = "$__serde_spanned_private_start";
-const SPAN_END: &str = "$__serde_spanned_private_end";
-const SPAN_VALUE: &str = "$__serde_spanned_private_value";
-const SPANNED_FIELDS: &[&str] = &[SPAN_START, SPAN_END, SPAN_VALUE];
-
-impl SpanIndex {
-    fn build(text: &str) -> Self {
-        let mut index = SpanIndex::default();
-        let seed = Collect {
-            path: String::new(),
-            spanned: false,
-            out: &mut index.0,
-        };
-        // A document that does not parse has no index; its error has its own location.
-        let _ = seed.deserialize(toml::Deserializer::new(text));
-        index
-    }
-
-    /// The offset of `path`, or of its nearest ancestor that is in the file.
-    fn locate(&self, path: &str) -> Option<usize> {
-        let mut path = path;
-        loop {
-            if let Some(span) = self.0.get(path) {
-                return Some(span.start);
-            }
-            let cut = path.rfind(['.', '['])?;
-            path = &path[..cut];
+/// The line and column of `path`, or of its nearest ancestor in the file (an absent key:
+/// its table).
+fn locate(text: &str, spans: &HashMap<String, Range<usize>>, path: &str) -> Option<(usize, usize)> {
+    let mut path = path;
+    loop {
+        if let Some(span) = spans.get(path) {
+            return Some(line_col(text, span.start));
         }
+        path = &path[..path.rfind(['.', '['])?];
     }
 }
 
-struct Collect<'a> {
-    path: String,
-    spanned: bool,
-    out: &'a mut HashMap<String, Range<usize>>,
-}
+/// Where each key path is in `text`: a value's first character, a table's header.
+fn spans(text: &str) -> HashMap<String, Range<usize>> {
+    use toml_edit::{Item, Value};
 
-impl Collect<'_> {
-    fn child(&mut self, path: String) -> Collect<'_> {
-        Collect {
-            path,
-            spanned: true,
-            out: self.out,
-        }
-    }
-
-    fn join(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Collect<'_> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        if self.spanned {
-            d.deserialize_struct(SPANNED, SPANNED_FIELDS, self)
-        } else {
-            d.deserialize_any(self)
-        }
-    }
-}
-
-impl<'de> Visitor<'de> for Collect<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any TOML value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        let Some(first) = map.next_key::<String>()? else {
-            return Ok(());
-        };
-        if first == SPAN_START {
-            let start: usize = map.next_value()?;
-            let _: Option<String> = map.next_key()?;
-            let end: usize = map.next_value()?;
-            let _: Option<String> = map.next_key()?;
-            let path = self.path.clone();
-            map.next_value_seed(Collect {
-                path: path.clone(),
-                spanned: false,
-                out: self.out,
-            })?;
-            self.out.insert(path, start..end);
-            return Ok(());
-        }
-        let mut key = Some(first);
-        while let Some(k) = key {
-            if k.starts_with("$__toml_private") {
-                map.next_value::<IgnoredAny>()?;
+    fn walk(path: String, item: &Item, out: &mut HashMap<String, Range<usize>>) {
+        let key = |k: &str| {
+            if path.is_empty() {
+                k.to_owned()
             } else {
-                let path = self.join(&k);
-                map.next_value_seed(self.child(path))?;
+                format!("{path}.{k}")
             }
-            key = map.next_key()?;
-        }
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        let mut i = 0;
-        loop {
-            let path = format!("{}[{i}]", self.path);
-            if seq.next_element_seed(self.child(path))?.is_none() {
-                return Ok(());
+        };
+        let index = |i: usize| format!("{path}[{i}]");
+        match item {
+            Item::Table(t) => t.iter().for_each(|(k, v)| walk(key(k), v, out)),
+            Item::ArrayOfTables(a) => {
+                a.iter()
+                    .enumerate()
+                    .for_each(|(i, t)| walk(index(i), &Item::Table(t.clone()), out));
             }
-            i += 1;
+            Item::Value(Value::InlineTable(t)) => {
+                t.iter()
+                    .for_each(|(k, v)| walk(key(k), &Item::Value(v.clone()), out));
+            }
+            Item::Value(Value::Array(a)) => {
+                a.iter()
+                    .enumerate()
+                    .for_each(|(i, v)| walk(index(i), &Item::Value(v.clone()), out));
+            }
+            _ => {}
+        }
+        if let Some(span) = item.span() {
+            out.insert(path, span);
         }
     }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    let mut out = HashMap::new();
+    if let Ok(doc) = toml_edit::ImDocument::parse(text) {
+        walk(String::new(), doc.as_item(), &mut out);
     }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
+    out
 }
 
-// === step 3: rules, section by section ===
+// === step 3: the rules that build values ===
 
-fn server(dto: &ConfigDto, v: &mut Errors) -> ServerConfig {
-    let s = &dto.server;
-    let listen = socket_addr("server.listen", &s.listen, v);
-    let admin_listen = socket_addr("server.admin_listen", &s.admin_listen, v);
-    if let (Some(a), Some(b)) = (listen, admin_listen)
-        && a == b
-        && a.port() != 0
+fn path(text: &str) -> Option<PathBuf> {
+    (!text.is_empty()).then(|| PathBuf::from(text))
+}
+
+/// A CIDR, or an IP address as a single host, without host bits.
+fn cidr(text: &str) -> Result<IpNet, String> {
+    match text
+        .parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
     {
-        v.push("server.admin_listen", "must differ from server.listen");
-    }
-    let tls = s.tls.as_ref().map(|t| {
-        if t.cert.is_empty() {
-            v.push("server.tls.cert", "must not be empty");
-        }
-        if t.key.is_empty() {
-            v.push("server.tls.key", "must not be empty");
-        }
-        TlsConfig {
-            cert: PathBuf::from(&t.cert),
-            key: PathBuf::from(&t.key),
-        }
-    });
-    if s.threads == 0 {
-        v.push("server.threads", "must be at least 1");
-    }
-    if s.max_cookie_header_bytes == 0 {
-        v.push("server.max_cookie_header_bytes", "must be at least 1");
-    }
-    if s.upgrade_sock.is_empty() {
-        v.push("server.upgrade_sock", "must not be empty");
-    }
-    let hsts = s.hsts.trim();
-    if !hsts.is_empty() {
-        if !hsts.to_ascii_lowercase().starts_with("max-age=")
-            || hsts.bytes().any(|b| b.is_ascii_control())
-        {
-            v.push(
-                "server.hsts",
-                "must be a Strict-Transport-Security value starting with `max-age=`",
-            );
-        } else if s.tls.is_none() {
-            v.push(
-                "server.hsts",
-                "only applies with server.tls (HSTS over plain HTTP is ignored by browsers)",
-            );
-        }
-    }
-    ServerConfig {
-        listen: listen.unwrap_or_else(unspecified),
-        admin_listen: admin_listen.unwrap_or_else(unspecified),
-        tls,
-        threads: s.threads,
-        grace_period: s.grace_period,
-        max_cookie_header_bytes: s.max_cookie_header_bytes,
-        hsts: (!hsts.is_empty()).then(|| hsts.to_owned()),
-        upgrade_sock: PathBuf::from(&s.upgrade_sock),
+        Ok(net) if net == net.trunc() => Ok(net),
+        Ok(net) => Err(format!(
+            "`{text}` has host bits set; write `{}`",
+            net.trunc()
+        )),
+        Err(_) => Err(format!(
+            "`{text}` is not a CIDR like `10.0.0.0/8` or `::1/128`, or an IP address"
+        )),
     }
 }
 
-fn unspecified() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 0))
+/// Checks a Redis URL the way fred reads it, and says whether it uses TLS. No message
+/// quotes the URL.
+fn redis_url(raw: &str) -> Result<bool, String> {
+    const ENCODE: &str = "percent-encode `/`, `?`, `#`, `@` and `:` in a password";
+    let url = Url::parse(raw).map_err(|e| format!("cannot be parsed as a URL ({e}); {ENCODE}"))?;
+    if !REDIS_SCHEMES.contains(&url.scheme()) {
+        let schemes: Vec<String> = REDIS_SCHEMES.iter().map(|s| format!("{s}://")).collect();
+        return Err(format!("must start with one of {}", schemes.join(", ")));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("has no host; {ENCODE}"));
+    }
+    // An `@` after the host is a password's, cut short by a raw `/`, `?` or `#`.
+    let db = url.path().strip_prefix('/').unwrap_or_default();
+    let ambiguous = url[url::Position::BeforePath..].contains('@') || url.fragment().is_some();
+    if ambiguous || (!db.is_empty() && db.parse::<u8>().is_err()) {
+        return Err(format!(
+            "must be scheme://[user:password@]host[:port][/db][?query]; {ENCODE}"
+        ));
+    }
+    Ok(url.scheme().starts_with("rediss"))
 }
 
-fn socket_addr(path: &str, value: &str, v: &mut Errors) -> Option<SocketAddr> {
-    match value.parse::<SocketAddr>() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            v.push(
-                path,
-                format!(
-                    "`{value}` is not an IP address with a port, like `0.0.0.0:8080` or `[::]:8080`"
-                ),
-            );
-            None
+fn session(s: &SessionDto, v: &mut Errors) -> SessionConfig {
+    let [cookie, key_prefix, subject] = s.format.defaults();
+    let cookie = s.cookie.clone().unwrap_or_else(|| cookie.to_owned());
+    let key_prefix = s
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| key_prefix.to_owned());
+    let token_chars = |b| b"!#$%&'*+-.^_`|~".contains(&b) || u8::is_ascii_alphanumeric(&b);
+    let (format, express) = (s.format.as_str(), s.format == SessionFormat::Express);
+    let sessiongate = s.format == SessionFormat::Sessiongate;
+    let login_url = (!s.login_url.is_empty()).then(|| s.login_url.clone());
+    rules! { v;
+        "session.cookie", cookie.is_empty(), "must not be empty";
+        "session.cookie", !cookie.bytes().all(token_chars),
+            "is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~ only)";
+        "session.key_prefix", key_prefix.is_empty(), "must not be empty";
+        "session.hashed_keys", s.hashed_keys.is_some() && !sessiongate,
+            "belongs to format = \"sessiongate\"; remove it for format = \"{format}\"";
+        "session.secrets_env", express && s.secrets_env.is_empty(),
+            "must name the env var holding the cookie secret(s) when format = \"express\"";
+        "session.secrets_env", !express && !s.secrets_env.is_empty(),
+            "applies only to format = \"express\"";
+        "session.cache_max_entries", s.cache_max_entries == 0, "must be at least 1";
+        "session.cache_max_bytes", s.cache_max_bytes.as_u64() < 1 << 20,
+            "must be at least 1MiB (got {})", s.cache_max_bytes.display().iec();
+        "session.stream_recheck", s.stream_recheck.is_zero(), "must be greater than 0s";
+        "session.login_url", login_url.as_deref().is_some_and(|url| !is_login_url(url)),
+            "must be empty, an absolute path like `/login`, or an http(s) URL";
+    }
+    let subject = s.subject_field.as_deref().unwrap_or(subject);
+    let subject_field = v
+        .ok("session.subject_field", field(subject))
+        .unwrap_or_default()
+        .0;
+    let entries: Vec<(String, Option<&String>, &String)> = match &s.claims {
+        ClaimsDto::List(list) => {
+            let list = list.iter().enumerate();
+            list.map(|(i, f)| (format!("session.claims[{i}]"), None, f))
+                .collect()
         }
-    }
-}
-
-fn redis(dto: &ConfigDto, v: &mut Errors) -> RedisConfig {
-    let r = &dto.redis;
-    match r.url.split_once("://") {
-        Some((scheme, rest)) if REDIS_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) => {
-            if rest.is_empty() || rest.starts_with('/') {
-                v.push("redis.url", "has no host");
-            }
-        }
-        _ => v.push(
-            "redis.url",
-            format!(
-                "must start with one of {}",
-                REDIS_SCHEMES
-                    .iter()
-                    .map(|s| format!("{s}://"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ),
-    }
-    if r.timeout.is_zero() {
-        v.push("redis.timeout", "must be greater than 0s");
-    }
-    if !(1..=64).contains(&r.pool_size) {
-        v.push("redis.pool_size", "must be between 1 and 64");
-    }
-    let tls = r
-        .url
-        .get(..6)
-        .is_some_and(|s| s.eq_ignore_ascii_case("rediss"));
-    if !r.ca_file.is_empty() && !tls {
-        v.push(
-            "redis.ca_file",
-            "applies only to TLS URLs (rediss://, rediss-cluster://, rediss-sentinel://)",
-        );
-    }
-    RedisConfig {
-        url: r.url.clone(),
-        timeout: r.timeout,
-        pool_size: r.pool_size,
-        ca_file: (!r.ca_file.is_empty()).then(|| PathBuf::from(&r.ca_file)),
-    }
-}
-
-/// RFC 7230 `tchar`: the characters of a cookie name.
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-fn session(dto: &ConfigDto, v: &mut Errors) -> SessionConfig {
-    let s = &dto.session;
-    if s.cookie.is_empty() {
-        v.push("session.cookie", "must not be empty");
-    } else if !s.cookie.bytes().all(is_token_char) {
-        v.push(
-            "session.cookie",
-            "is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~ only)",
-        );
-    }
-    if s.key_prefix.is_empty() {
-        v.push("session.key_prefix", "must not be empty");
-    }
-    if s.cache_max_entries == 0 {
-        v.push("session.cache_max_entries", "must be at least 1");
-    }
-    if s.cache_max_bytes.as_u64() < MIN_CACHE_BYTES {
-        v.push(
-            "session.cache_max_bytes",
-            format!(
-                "must be at least 1MiB (got {})",
-                s.cache_max_bytes.display().iec()
-            ),
-        );
-    }
-    if s.subject_field.is_empty() {
-        v.push("session.subject_field", "must not be empty");
-    }
-    let mut seen = HashSet::new();
-    for (i, claim) in s.claims.iter().enumerate() {
-        let path = format!("session.claims[{i}]");
-        if claim.is_empty() {
-            v.push(path, "must not be empty");
-        } else if RESERVED_CLAIMS.contains(&claim.as_str()) {
-            v.push(
-                path,
-                format!("`{claim}` is set by the gateway and cannot be copied from the session (reserved: {})", RESERVED_CLAIMS.join(", ")),
-            );
-        } else if !seen.insert(claim) {
-            v.push(path, format!("`{claim}` is listed twice"));
-        }
-    }
-    let login_url = if s.login_url.is_empty() {
-        None
-    } else {
-        if !is_login_url(&s.login_url) {
-            v.push(
-                "session.login_url",
-                "must be empty, an absolute path like `/login`, or an http(s) URL",
-            );
-        }
-        Some(s.login_url.clone())
+        ClaimsDto::Table(table) => table
+            .iter()
+            .map(|(name, f)| (format!("session.claims.{name}"), Some(name), f))
+            .collect(),
     };
+    let mut claims: Vec<ClaimConfig> = Vec::with_capacity(entries.len());
+    for (path, name, text) in entries {
+        let Some((pointer, last)) = v.ok(&path, field(text)) else {
+            continue;
+        };
+        let name = name.cloned().unwrap_or(last);
+        let reserved = RESERVED_CLAIMS.contains(&name.as_str());
+        let twice = claims.iter().any(|c| c.name == name);
+        rules! { v;
+            path.as_str(), name.is_empty(), "the claim name must not be empty";
+            path.as_str(), reserved, "the claim `{name}` is set by the gateway, not the session \
+                (reserved: {})", RESERVED_CLAIMS.join(", ");
+            path.as_str(), twice && !reserved, "the claim `{name}` is listed twice";
+        }
+        if !name.is_empty() && !reserved && !twice {
+            claims.push(ClaimConfig { name, pointer });
+        }
+    }
     SessionConfig {
-        cookie: s.cookie.clone(),
-        key_prefix: s.key_prefix.clone(),
-        hashed_keys: s.hashed_keys,
+        format: s.format,
+        cookie,
+        key_prefix,
+        hashed_keys: sessiongate && s.hashed_keys.unwrap_or(true),
+        secrets_env: (!s.secrets_env.is_empty()).then(|| s.secrets_env.clone()),
         cache_ttl: s.cache_ttl,
         negative_cache_ttl: s.negative_cache_ttl,
         cache_max_entries: s.cache_max_entries,
         cache_max_bytes: s.cache_max_bytes.as_u64(),
         token_cache_max_bytes: s.token_cache_max_bytes.as_u64(),
         push_invalidation: s.push_invalidation,
-        subject_field: s.subject_field.clone(),
-        claims: s.claims.clone(),
+        subject_field,
+        claims,
         forward_cookie: s.forward_cookie,
         login_url,
+        stream_recheck: s.stream_recheck,
     }
+}
+
+/// A field name (`roles`) or an RFC 6901 JSON Pointer (`/passport/user`), as a pointer
+/// and the name of the field it ends in (its last segment, unescaped).
+pub(super) fn field(text: &str) -> Result<(String, String), String> {
+    let Some(rest) = text.strip_prefix('/') else {
+        let pointer = format!("/{}", text.replace('~', "~0").replace('/', "~1"));
+        return if text.is_empty() {
+            Err("must not be empty".into())
+        } else {
+            Ok((pointer, text.into()))
+        };
+    };
+    if rest.split('~').skip(1).any(|s| !s.starts_with(['0', '1'])) {
+        return Err(format!(
+            "`{text}` is not a JSON Pointer: `~` must be followed by 0 or 1"
+        ));
+    }
+    let last = rest.rsplit_once('/').map_or(rest, |(_, last)| last);
+    match last.replace("~1", "/").replace("~0", "~") {
+        name if name.is_empty() => Err(format!("`{text}` must end in a field name")),
+        name => Ok((text.to_owned(), name)),
+    }
+}
+
+/// The shortest way to write a pointer from [`field`] in the file: a top-level field's name.
+pub(super) fn field_text(pointer: &str) -> &str {
+    pointer
+        .strip_prefix('/')
+        .filter(|name| !name.contains(['/', '~']))
+        .unwrap_or(pointer)
 }
 
 fn is_login_url(url: &str) -> bool {
@@ -687,201 +666,104 @@ fn is_login_url(url: &str) -> bool {
         return !path.starts_with('/');
     }
     let lower = url.to_ascii_lowercase();
-    ["http://", "https://"].iter().any(|scheme| {
+    let authority = |scheme| {
         lower
             .strip_prefix(scheme)
-            .and_then(|rest| rest.split(['/', '?', '#']).next())
-            .is_some_and(|authority| !authority.is_empty())
-    })
-}
-
-fn token(dto: &ConfigDto, v: &mut Errors) -> TokenConfig {
-    let t = &dto.token;
-    if t.issuer.is_empty() {
-        v.push("token.issuer", "must not be empty");
-    }
-    if t.ttl < Duration::from_secs(1) || t.ttl > Duration::from_secs(24 * 3600) {
-        v.push("token.ttl", "must be between 1s and 24h");
-    }
-    let algorithm = match t.algorithm.as_str() {
-        "ES256" => Algorithm::Es256,
-        "EdDSA" => Algorithm::EdDsa,
-        other => {
-            v.push(
-                "token.algorithm",
-                format!("`{other}` is not supported; use \"ES256\" or \"EdDSA\""),
-            );
-            Algorithm::Es256
-        }
+            .and_then(|r| r.split(['/', '?', '#']).next())
     };
-    TokenConfig {
-        issuer: t.issuer.clone(),
-        ttl: t.ttl,
-        algorithm,
-    }
+    ["http://", "https://"]
+        .into_iter()
+        .any(|scheme| authority(scheme).is_some_and(|a| !a.is_empty()))
 }
 
-fn keys(dto: &ConfigDto, v: &mut Errors) -> KeysConfig {
-    let k = &dto.keys;
-    let store = match k.store.as_str() {
-        "redis" => {
-            if k.kek_env.is_empty() {
-                v.push(
-                    "keys.kek_env",
-                    "must name the env var holding the key-encryption key when store = \"redis\"",
-                );
-            }
-            KeyStoreConfig::Redis
-        }
-        "file" => {
-            if k.dir.is_empty() {
-                v.push("keys.dir", "must be set when store = \"file\"");
-            }
-            KeyStoreConfig::File {
-                dir: PathBuf::from(&k.dir),
-            }
-        }
-        other => {
-            v.push(
-                "keys.store",
-                format!("`{other}` is not a key store; use \"redis\" or \"file\""),
-            );
-            KeyStoreConfig::Redis
-        }
-    };
-    // Key times are Unix seconds: a fraction would be dropped without a word (a
-    // publish_ahead of "1500ms" would publish a key only 1 s ahead).
-    for (path, d) in [
-        ("keys.rotate_every", k.rotate_every),
-        ("keys.publish_ahead", k.publish_ahead),
-        ("keys.clock_skew", k.clock_skew),
-    ] {
-        if d.subsec_nanos() != 0 {
-            v.push(
-                path,
-                "must be a whole number of seconds (key times are kept in seconds)",
-            );
-        }
-    }
-    if k.publish_ahead.is_zero() {
-        v.push("keys.publish_ahead", "must be greater than 0s");
-    } else if k.rotate_every <= k.publish_ahead {
-        v.push(
-            "keys.rotate_every",
-            format!(
-                "must be longer than keys.publish_ahead ({})",
-                super::schema::format_duration(k.publish_ahead)
-            ),
-        );
-    }
-    KeysConfig {
-        store,
-        rotate_every: k.rotate_every,
-        publish_ahead: k.publish_ahead,
-        kek_env: k.kek_env.clone(),
-        clock_skew: k.clock_skew,
-    }
-}
-
-fn exchange(dto: &ConfigDto, v: &mut Errors) -> ExchangeConfig {
-    let x = &dto.exchange;
-    let path = if x.path.is_empty() {
-        None
-    } else {
-        if let Err(why) = check_normalized_path(&x.path) {
-            v.push("exchange.path", why);
-        }
-        Some(x.path.clone())
-    };
-    let mut allowed_origins = Vec::with_capacity(x.allowed_origins.len());
-    for (i, origin) in x.allowed_origins.iter().enumerate() {
-        match parse_origin(origin) {
-            Ok(o) => {
-                if !allowed_origins.contains(&o) {
-                    allowed_origins.push(o);
-                }
-            }
-            Err(why) => v.push(format!("exchange.allowed_origins[{i}]"), why),
-        }
-    }
-    ExchangeConfig {
-        path,
-        allowed_origins,
-    }
-}
-
-/// Parses `scheme://host[:port]` into the form browsers send in `Origin`: lowercase,
-/// default port dropped.
-fn parse_origin(origin: &str) -> Result<String, String> {
-    if origin == "*" {
+/// Parses `scheme://host[:port]` into the form browsers send in `Origin`: lowercase
+/// (IDNA for names), default port dropped.
+fn origin(raw: &str) -> Result<String, String> {
+    if raw == "*" {
         return Err("a wildcard is not allowed; list each origin as scheme://host[:port]".into());
     }
-    let lower = origin.to_ascii_lowercase();
-    let (scheme, rest) = lower
-        .split_once("://")
-        .ok_or_else(|| format!("`{origin}` is not an origin like https://app.example.com"))?;
-    let default_port = match scheme {
-        "http" => "80",
-        "https" => "443",
-        _ => return Err(format!("`{origin}`: the scheme must be http or https")),
-    };
-    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+    let Some((scheme, rest)) = raw.split_once("://") else {
         return Err(format!(
-            "`{origin}` must be scheme://host[:port] with no path, query, user or trailing slash"
+            "`{raw}` is not an origin like https://app.example.com"
+        ));
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(format!("`{raw}`: the scheme must be http or https"));
+    }
+    if rest.contains(|c: char| "/?#@\\".contains(c) || c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`{raw}` must be scheme://host[:port] with no path, query, user or trailing slash"
         ));
     }
-    let (host, port) = split_host_port(rest).map_err(|why| format!("`{origin}`: {why}"))?;
-    Ok(match port {
-        Some(p) if p.to_string() != default_port => format!("{scheme}://{host}:{p}"),
-        _ => format!("{scheme}://{host}"),
-    })
+    Ok(Url::parse(raw)
+        .map_err(|e| format!("`{raw}`: {e}"))?
+        .origin()
+        .ascii_serialization())
 }
 
-/// Splits `host[:port]` (IPv6 in brackets). The host keeps its brackets.
-fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
-    let (host, port) = if s.starts_with('[') {
-        let end = s
-            .find(']')
-            .ok_or("an IPv6 address must be in brackets, like [::1]")?;
-        let (host, after) = s.split_at(end + 1);
-        if host[1..host.len() - 1].parse::<Ipv6Addr>().is_err() {
-            return Err(format!("`{host}` is not an IPv6 address"));
-        }
-        match after {
-            "" => (host, None),
-            _ => (
-                host,
-                Some(
-                    after
-                        .strip_prefix(':')
-                        .ok_or("unexpected text after the host")?,
-                ),
-            ),
-        }
-    } else {
-        match s.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (s, None),
+/// Parses `host:port`, `http://host:port` or `https://host:port`.
+fn upstream(raw: &str) -> Result<Upstream, String> {
+    let (tls, rest) = match raw.split_once("://") {
+        None => (false, raw),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
+        Some(_) => return Err(format!("`{raw}`: the scheme must be http or https")),
+    };
+    // A scheme without special rules keeps the host as written and any port explicit.
+    let url = Url::parse(&format!("tcp://{rest}")).map_err(|e| format!("`{raw}`: {e}"))?;
+    if !url[url::Position::BeforeUsername..url::Position::BeforeHost].is_empty()
+        || !url[url::Position::BeforePath..].is_empty()
+    {
+        return Err(format!(
+            "`{raw}` must be host:port with no user, path or query"
+        ));
+    }
+    let host = match url.host() {
+        Some(Host::Ipv6(ip)) => format!("[{ip}]"),
+        Some(Host::Domain(name)) if is_host_name(name) => name.to_owned(),
+        _ => {
+            return Err(format!(
+                "`{raw}` is not host:port with a host name or IP address"
+            ));
         }
     };
-    if host.is_empty() {
-        return Err("the host is empty".into());
+    match url.port() {
+        Some(0) => Err(format!("`{raw}`: the port must be 1-65535")),
+        Some(port) => Ok(Upstream {
+            addr: format!("{host}:{port}"),
+            tls,
+        }),
+        None => Err(format!("`{raw}` has no port; write host:port")),
     }
-    if !host.starts_with('[')
-        && !host
+}
+
+fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-    {
-        return Err(format!("`{host}` is not a host name or IP address"));
+}
+
+/// A route's Host as the proxy compares it: lowercase (IDNA for names), no port, no
+/// trailing dot, IPv6 without brackets.
+fn route_host(raw: &str) -> Result<String, String> {
+    let bare = raw.strip_suffix('.').unwrap_or(raw);
+    let unbracketed = bare
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(bare);
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        return Ok(ip.to_string());
     }
-    let port = match port {
-        None => None,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
-            _ => return Err(format!("`{p}` is not a port (1-65535)")),
-        },
-    };
-    Ok((host, port))
+    match Host::parse(bare) {
+        Ok(Host::Domain(name))
+            if !raw.contains('%') && !name.ends_with('.') && is_host_name(&name) =>
+        {
+            Ok(name)
+        }
+        _ if bare.contains(':') => Err(format!("`{raw}` must be a host name without a port")),
+        _ => Err(format!("`{raw}` is not a host name")),
+    }
 }
 
 /// A route prefix or endpoint path must already be in normal form, or it could never match.
@@ -900,202 +782,80 @@ fn check_normalized_path(p: &str) -> Result<(), String> {
     match crate::path::normalize(p) {
         Ok(n) if n.as_str() == p => Ok(()),
         Ok(n) => Err(format!(
-            "`{p}` is not normalized (no `//`, `.` or `..` segments, no escapes of unreserved characters, uppercase hex); write `{n}`"
+            "`{p}` is not normalized (no `//`, `.` or `..` segments, no escapes of unreserved \
+             characters, uppercase hex); write `{n}`"
         )),
         Err(e) => Err(format!("`{p}` is not a valid path: {e}")),
     }
 }
 
-fn is_route_name(name: &str) -> bool {
-    name.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
 fn routes(dto: &ConfigDto, v: &mut Errors) -> Vec<RouteConfig> {
-    if dto.routes.is_empty() {
-        v.push("route", "at least one [[route]] is required");
-    }
+    rules! { v; "route", dto.routes.is_empty(), "at least one [[route]] is required"; }
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut matches: HashMap<(Option<String>, &str), usize> = HashMap::new();
     let mut out = Vec::with_capacity(dto.routes.len());
     for (i, r) in dto.routes.iter().enumerate() {
+        let RouteDto {
+            name,
+            path_prefix: prefix,
+            ..
+        } = r;
         let at = |key: &str| format!("route[{i}].{key}");
-        if r.name.is_empty() {
-            v.push(at("name"), "must not be empty");
-        } else if !is_route_name(&r.name) {
-            v.push(
-                at("name"),
-                format!("`{}` may contain only letters, digits, '_', '.' and '-' (it is a metric label)", r.name),
-            );
-        } else if let Some(first) = names.insert(&r.name, i) {
-            v.push(
-                at("name"),
-                format!("`{}` is already the name of route[{first}]", r.name),
-            );
+        let host = (!r.host.is_empty())
+            .then(|| v.ok(&at("host"), route_host(&r.host)))
+            .flatten();
+        let metric_label = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        let same_name = (!name.is_empty() && metric_label)
+            .then(|| names.insert(name, i))
+            .flatten();
+        let same_match = matches.insert((host.clone(), prefix), i);
+        let shown = host.as_deref().unwrap_or("*");
+        let token_ttl = r.token_ttl.unwrap_or(dto.token.ttl);
+        let zero = |d: Option<Duration>| d.is_some_and(|d| d.is_zero());
+        rules! { v;
+            at("name"), name.is_empty(), "must not be empty";
+            at("name"), !metric_label,
+                "`{name}` may contain only letters, digits, '_', '.' and '-' (it is a metric label)";
+            at("name"), same_name.is_some(), "`{name}` is already the name of route[{}]",
+                same_name.unwrap_or_default();
+            at("path_prefix"), same_match.is_some(),
+                "route[{}] already matches host `{shown}` and path_prefix `{prefix}`",
+                same_match.unwrap_or_default();
+            at("upstreams"), r.upstreams.is_empty(), "at least one upstream is required";
+            at("token_ttl"), r.token_ttl.is_some_and(|d| d < Duration::from_secs(1)),
+                "must be at least 1s";
+            at("token_ttl"), token_ttl >= Duration::from_secs(1) && token_ttl > dto.token.ttl,
+                "must be at most token.ttl ({})", format_duration(dto.token.ttl);
+            at("max_connection_lifetime"), zero(r.max_connection_lifetime),
+                "must be greater than 0s (\"\" for no limit)";
+            at("connect_timeout"), r.connect_timeout.is_zero(), "must be greater than 0s";
+            at("read_timeout"), r.read_timeout.is_zero(), "must be greater than 0s";
         }
-
-        if let Err(why) = check_normalized_path(&r.path_prefix) {
+        if let Err(why) = check_normalized_path(prefix) {
             v.push(at("path_prefix"), why);
         }
-
-        let host = if r.host.is_empty() {
-            None
-        } else {
-            match route_host(&r.host) {
-                Ok(h) => Some(h),
-                Err(why) => {
-                    v.push(at("host"), why);
-                    None
-                }
-            }
-        };
-        if let Some(first) = matches.insert((host.clone(), r.path_prefix.as_str()), i) {
-            v.push(
-                at("path_prefix"),
-                format!(
-                    "route[{first}] already matches host `{}` and path_prefix `{}`",
-                    host.as_deref().unwrap_or("*"),
-                    r.path_prefix
-                ),
-            );
-        }
-
-        if r.upstreams.is_empty() {
-            v.push(at("upstreams"), "at least one upstream is required");
-        }
-        let mut upstreams = Vec::with_capacity(r.upstreams.len());
-        for (j, u) in r.upstreams.iter().enumerate() {
-            match parse_upstream(u) {
-                Ok(up) => upstreams.push(up),
-                Err(why) => v.push(format!("route[{i}].upstreams[{j}]"), why),
-            }
-        }
-
-        let audience = if r.audience.is_empty() {
-            r.name.clone()
-        } else {
-            r.audience.clone()
-        };
-        let auth = match r.auth.as_str() {
-            "required" => AuthMode::Required,
-            "optional" => AuthMode::Optional,
-            "none" => AuthMode::None,
-            other => {
-                v.push(
-                    at("auth"),
-                    format!(
-                        "`{other}` is not an auth mode; use \"required\", \"optional\" or \"none\""
-                    ),
-                );
-                AuthMode::Required
-            }
-        };
-        let token_ttl = if r.token_ttl.is_empty() {
-            dto.token.ttl
-        } else {
-            match humantime::parse_duration(&r.token_ttl) {
-                Ok(d) if d < Duration::from_secs(1) => {
-                    v.push(at("token_ttl"), "must be at least 1s");
-                    d
-                }
-                Ok(d) if d > dto.token.ttl => {
-                    v.push(
-                        at("token_ttl"),
-                        format!(
-                            "must be at most token.ttl ({})",
-                            super::schema::format_duration(dto.token.ttl)
-                        ),
-                    );
-                    d
-                }
-                Ok(d) => d,
-                Err(e) => {
-                    v.push(
-                        at("token_ttl"),
-                        format!("`{}` is not a duration like \"2m\": {e}", r.token_ttl),
-                    );
-                    dto.token.ttl
-                }
-            }
-        };
         out.push(RouteConfig {
-            name: r.name.clone(),
-            path_prefix: r.path_prefix.clone(),
+            name: name.clone(),
+            path_prefix: prefix.clone(),
             host,
-            upstreams,
-            audience,
-            auth,
+            upstreams: v.each(&format!("route[{i}].upstreams"), &r.upstreams, upstream),
+            audience: if r.audience.is_empty() {
+                name.clone()
+            } else {
+                r.audience.clone()
+            },
+            auth: r.auth,
             critical: r.critical,
             token_ttl,
-            ca_file: (!r.ca_file.is_empty()).then(|| PathBuf::from(&r.ca_file)),
+            max_connection_lifetime: r.max_connection_lifetime,
+            connect_timeout: r.connect_timeout,
+            read_timeout: r.read_timeout,
+            ca_file: path(&r.ca_file),
         });
     }
     out
-}
-
-/// A route's Host: lowercase, no port, IPv6 without brackets (as the proxy compares it).
-fn route_host(raw: &str) -> Result<String, String> {
-    let lower = raw.to_ascii_lowercase();
-    let bare = lower
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(&lower);
-    if bare.parse::<Ipv6Addr>().is_ok() {
-        return Ok(bare.to_owned());
-    }
-    if bare.contains(':') {
-        return Err(format!("`{raw}` must be a host name without a port"));
-    }
-    if !bare
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-    {
-        return Err(format!("`{raw}` is not a host name"));
-    }
-    Ok(bare.to_owned())
-}
-
-/// Parses `host:port`, `http://host:port` or `https://host:port`.
-fn parse_upstream(raw: &str) -> Result<Upstream, String> {
-    let lower = raw.to_ascii_lowercase();
-    let (tls, rest) = if lower.starts_with("https://") {
-        (true, &raw["https://".len()..])
-    } else if lower.starts_with("http://") {
-        (false, &raw["http://".len()..])
-    } else if raw.contains("://") {
-        return Err(format!("`{raw}`: the scheme must be http or https"));
-    } else {
-        (false, raw)
-    };
-    if rest.contains(['/', '?', '#', '@']) {
-        return Err(format!("`{raw}` must be host:port with no path"));
-    }
-    let (host, port) = split_host_port(rest).map_err(|why| format!("`{raw}`: {why}"))?;
-    let Some(port) = port else {
-        return Err(format!("`{raw}` has no port; write host:port"));
-    };
-    Ok(Upstream {
-        addr: format!("{host}:{port}"),
-        tls,
-    })
-}
-
-fn log(dto: &ConfigDto, v: &mut Errors) -> LogConfig {
-    let format = match dto.log.format.as_str() {
-        "human" => LogFormat::Human,
-        "json" => LogFormat::Json,
-        other => {
-            v.push(
-                "log.format",
-                format!("`{other}` is not a log format; use \"human\" or \"json\""),
-            );
-            LogFormat::Human
-        }
-    };
-    LogConfig {
-        format,
-        filter: dto.log.filter.clone(),
-    }
 }
 
 #[cfg(test)]
@@ -1104,30 +864,34 @@ mod tests {
 
     #[test]
     fn upstream_forms() {
-        type Parsed<'a> = Result<(&'a str, bool), ()>;
-        let cases: &[(&str, Parsed<'_>)] = &[
-            ("127.0.0.1:9001", Ok(("127.0.0.1:9001", false))),
-            ("orders.svc:80", Ok(("orders.svc:80", false))),
-            ("http://orders.svc:8080", Ok(("orders.svc:8080", false))),
-            ("https://orders.svc:8443", Ok(("orders.svc:8443", true))),
-            ("HTTPS://Orders.svc:8443", Ok(("Orders.svc:8443", true))),
-            ("[::1]:9001", Ok(("[::1]:9001", false))),
-            ("https://[::1]:443", Ok(("[::1]:443", true))),
-            ("127.0.0.1", Err(())),
-            ("https://orders.svc", Err(())),
-            ("orders.svc:0", Err(())),
-            ("orders.svc:65536", Err(())),
-            ("orders.svc:+80", Err(())),
-            ("orders.svc:80/api", Err(())),
-            ("http://orders.svc:80/", Err(())),
-            ("ftp://orders.svc:21", Err(())),
-            ("::1:9001", Err(())),
-            (":9001", Err(())),
-            ("", Err(())),
-            ("user@host:80", Err(())),
+        let cases: &[(&str, Option<(&str, bool)>)] = &[
+            ("127.0.0.1:9001", Some(("127.0.0.1:9001", false))),
+            ("orders.svc:80", Some(("orders.svc:80", false))),
+            ("http://orders.svc:8080", Some(("orders.svc:8080", false))),
+            ("https://orders.svc:8443", Some(("orders.svc:8443", true))),
+            ("HTTPS://Orders.svc:8443", Some(("Orders.svc:8443", true))),
+            ("[::1]:9001", Some(("[::1]:9001", false))),
+            ("https://[::1]:443", Some(("[::1]:443", true))),
+            ("http://orders.svc:80", Some(("orders.svc:80", false))),
+            ("127.0.0.1", None),
+            ("https://orders.svc", None),
+            ("orders.svc:0", None),
+            ("orders.svc:65536", None),
+            ("orders.svc:+80", None),
+            ("orders.svc:80/api", None),
+            ("http://orders.svc:80/", None),
+            ("orders.svc:80?x", None),
+            ("orders.svc:80#x", None),
+            ("ftp://orders.svc:21", None),
+            ("::1:9001", None),
+            (":9001", None),
+            ("", None),
+            ("user@host:80", None),
+            ("a b:80", None),
+            ("a%41:80", None),
         ];
         for (raw, expected) in cases {
-            let got = parse_upstream(raw).map(|u| (u.addr, u.tls)).map_err(|_| ());
+            let got = upstream(raw).ok().map(|u| (u.addr, u.tls));
             assert_eq!(got, expected.map(|(a, t)| (a.to_owned(), t)), "{raw}");
         }
     }
@@ -1144,17 +908,25 @@ mod tests {
             ("http://localhost:80", Some("http://localhost")),
             ("http://localhost:8080", Some("http://localhost:8080")),
             ("https://[::1]:8443", Some("https://[::1]:8443")),
+            (
+                "https://Bücher.example",
+                Some("https://xn--bcher-kva.example"),
+            ),
             ("*", None),
             ("null", None),
             ("app.example.com", None),
             ("https://app.example.com/", None),
             ("https://app.example.com/path", None),
+            ("https://app.example.com?x", None),
+            ("https://app.example.com#x", None),
+            ("https://user@app.example.com", None),
             ("ftp://app.example.com", None),
             ("https://", None),
             ("https://app.example.com:x", None),
+            ("https://app example.com", None),
         ];
         for (raw, expected) in cases {
-            assert_eq!(parse_origin(raw).ok().as_deref(), *expected, "{raw}");
+            assert_eq!(origin(raw).ok().as_deref(), *expected, "{raw}");
         }
     }
 
@@ -1184,11 +956,18 @@ mod tests {
         let cases: &[(&str, Option<&str>)] = &[
             ("api.example.com", Some("api.example.com")),
             ("API.Example.COM", Some("api.example.com")),
+            ("admin.example.com.", Some("admin.example.com")),
+            ("Bücher.example", Some("xn--bcher-kva.example")),
             ("[::1]", Some("::1")),
             ("::1", Some("::1")),
+            ("10.0.0.1", Some("10.0.0.1")),
             ("api.example.com:8080", None),
             ("https://api.example.com", None),
             ("api example", None),
+            ("a%41", None),
+            ("a..", None),
+            (".", None),
+            ("", None),
         ];
         for (raw, expected) in cases {
             assert_eq!(route_host(raw).ok().as_deref(), *expected, "{raw}");
@@ -1196,15 +975,64 @@ mod tests {
     }
 
     #[test]
+    fn fields_and_pointers() {
+        let cases: &[(&str, Option<(&str, &str)>)] = &[
+            ("sub", Some(("/sub", "sub"))),
+            ("/passport/user", Some(("/passport/user", "user"))),
+            ("/a~1b/c~0d", Some(("/a~1b/c~0d", "c~d"))),
+            ("x/y~z", Some(("/x~1y~0z", "x/y~z"))),
+            ("/a~2b", None),
+            ("/a~", None),
+            ("/a/", None),
+            ("/", None),
+            ("", None),
+        ];
+        for (text, expected) in cases {
+            let got = field(text).ok();
+            assert_eq!(
+                got,
+                expected.map(|(p, n)| (p.to_owned(), n.to_owned())),
+                "{text}"
+            );
+            if let Some((pointer, _)) = &got {
+                assert_eq!(field(field_text(pointer)).ok(), got, "{text} prints back");
+            }
+        }
+    }
+
+    #[test]
+    fn trusted_proxy_forms() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("10.0.0.0/8", Some("10.0.0.0/8")),
+            ("::1/128", Some("::1/128")),
+            ("192.168.1.7", Some("192.168.1.7/32")),
+            ("fd00::1", Some("fd00::1/128")),
+            ("10.0.0.1/8", None),
+            ("10.0.0.0/33", None),
+            ("10.0.0.0/", None),
+            ("proxy.internal", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                cidr(text).ok().map(|n| n.to_string()).as_deref(),
+                *expected,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn locations() {
-        let text = "[server]\nlisten = \"x\"\n\n[[route]]\nname = \"a\"\n[[route]]\nname = \"b\"\nupstreams = [\n  \"h:1\",\n  \"bad\",\n]\n";
-        let spans = SpanIndex::build(text);
-        let at = |path: &str| spans.locate(path).map(|o| line_col(text, o));
+        let text = "[server]\nlisten = \"x\"\n\n[[route]]\nname = \"a\"\n[[route]]\nname = \"b\"\nupstreams = [\n  \"h:1\",\n  \"bad\",\n]\ntls = { cert = \"c\" }\n";
+        let spans = spans(text);
+        let at = |path: &str| locate(text, &spans, path);
         assert_eq!(at("server.listen"), Some((2, 10)));
         assert_eq!(at("route[1].name"), Some((7, 8)));
         assert_eq!(at("route[1].upstreams[1]"), Some((10, 3)));
+        assert_eq!(at("route[1].tls.cert"), Some((12, 16)));
         // Absent keys fall back to their nearest ancestor in the file.
         assert_eq!(at("route[1].auth"), Some((6, 1)));
+        assert_eq!(at("route[1].tls.key"), Some((12, 7)));
         assert_eq!(at("redis.url"), None);
     }
 
