@@ -261,12 +261,24 @@ fn session_command(cmd: SessionCommand) -> anyhow::Result<()> {
                     .unwrap_or_else(|_| serde_json::Value::String(v.to_owned()));
                 map.insert(k.to_owned(), value);
             }
+            if config.session.format != crate::config::SessionFormat::Sessiongate {
+                return Err(UsageError(format!(
+                    "session create writes sessions in the sessiongate format; with session.format = \"{}\" sessions are written by {}, not by sessiongate",
+                    config.session.format.as_str(),
+                    match config.session.format {
+                        crate::config::SessionFormat::Express => "your Express app (express-session with connect-redis)",
+                        _ => "your Django app (its cache or cached_db session engine)",
+                    }
+                ))
+                .into());
+            }
             let (rt, store) = redis_for(&config)?;
-            let settings = server::session_settings(&config);
+            let settings = server::session_settings(&config, server::format_settings(&config)?);
             let created = rt
                 .block_on(exchange::revocation::create_session(
                     &store,
-                    &settings,
+                    &settings.keyspace(),
+                    &settings.fields,
                     &sub,
                     map,
                     ttl,
@@ -282,14 +294,18 @@ fn session_command(cmd: SessionCommand) -> anyhow::Result<()> {
         SessionCommand::Revoke { config, token } => {
             let config = load(&config.config)?;
             let raw = read_arg(&token)?;
-            let token =
-                exchange::SessionToken::parse(&raw).map_err(|e| UsageError(e.to_string()))?;
+            let settings = server::session_settings(&config, server::format_settings(&config)?);
+            let keyspace = settings.keyspace();
+            // A cookie value as the browser sends it, in the configured format; a badly
+            // signed one deletes nothing.
+            let id = keyspace.format().session_id(raw.trim()).map_err(|e| {
+                UsageError(format!(
+                    "not a session cookie of the {} format ({e}); nothing was deleted",
+                    config.session.format.as_str()
+                ))
+            })?;
             let (rt, store) = redis_for(&config)?;
-            let existed = rt.block_on(exchange::revocation::revoke(
-                &store,
-                &server::session_settings(&config),
-                &token,
-            ))?;
+            let existed = rt.block_on(exchange::revocation::revoke(&store, &keyspace, &id))?;
             println!(
                 "{}",
                 if existed {
@@ -302,13 +318,39 @@ fn session_command(cmd: SessionCommand) -> anyhow::Result<()> {
         }
         SessionCommand::RevokeUser { config, sub } => {
             let config = load(&config.config)?;
+            let settings = server::session_settings(&config, server::format_settings(&config)?);
             let (rt, store) = redis_for(&config)?;
-            let n = rt.block_on(exchange::revocation::revoke_user(
+            let started = std::time::Instant::now();
+            let mut last = started;
+            let mut progress = |p: exchange::revocation::Progress| {
+                // Every 2 s at most: a million keys scan in seconds.
+                if last.elapsed() >= Duration::from_secs(2) {
+                    last = std::time::Instant::now();
+                    eprintln!(
+                        "scanned {} session keys, deleted {} ({:.1}s)",
+                        p.examined,
+                        p.deleted,
+                        p.elapsed.as_secs_f64()
+                    );
+                }
+            };
+            let revoked = rt.block_on(exchange::revocation::revoke_user(
                 &store,
-                &server::session_settings(&config),
+                &settings.keyspace(),
+                &settings.fields,
                 &sub,
+                &mut progress,
             ))?;
-            println!("revoked {n} session(s)");
+            let via = match revoked.via {
+                exchange::revocation::Via::Index => "the per-subject index",
+                exchange::revocation::Via::Scan => "a scan of the prefix",
+            };
+            println!(
+                "revoked {} session(s) in {:.2}s ({} session keys examined through {via})",
+                revoked.deleted,
+                started.elapsed().as_secs_f64(),
+                revoked.examined,
+            );
             Ok(())
         }
     }
@@ -330,7 +372,7 @@ fn keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
         }
         crate::config::KeyStoreConfig::File { .. } => (server::background_runtime()?, None),
     };
-    let store = server::key_store(&config, redis.as_ref())?;
+    let store = rt.block_on(server::key_store(&config, redis.as_ref()))?;
     let keyring = Arc::new(keys::Keyring::new(keys::KeySet::empty()));
     let manager = keys::KeyManager::new(store, keyring, server::rotation_policy(&config));
     let now = keys::unix_now();

@@ -105,11 +105,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut claims = serde_json::Map::new();
     claims.insert("roles".into(), serde_json::json!(["admin"]));
     claims.insert("email".into(), serde_json::json!("demo@example.com"));
+    let settings = assembly.exchange.settings();
     let created = assembly
         .background
         .block_on(exchange::revocation::create_session(
             &*store,
-            &assembly.exchange.settings(),
+            &settings.keyspace(),
+            &settings.fields,
             "demo-user",
             claims,
             Duration::from_secs(8 * 3600),

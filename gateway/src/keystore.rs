@@ -1,5 +1,5 @@
 //! Wiring of the shared Redis key store: the KEK comes from the environment variable the
-//! config names, and the keyring lives under the session key prefix.
+//! config names, and the keyring lives under `keys.redis_prefix`.
 
 use exchange::store::redis::RedisStore;
 use keys::RedisKeyStore;

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// `sessiongate_auth_refusals_total{route,reason}`.
     pub auth_refusals: IntCounterVec,
+    /// `sessiongate_connections_open{route}`: WebSockets and streams under a session.
+    pub connections_open: IntGaugeVec,
+    /// `sessiongate_connections_closed_total{route,reason}`.
+    pub connections_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -90,6 +94,22 @@ impl Metrics {
             ),
             &["route", "reason"],
         )?;
+        let connections_open = IntGaugeVec::new(
+            Opts::new(
+                "sessiongate_connections_open",
+                "WebSockets and streamed responses open under a session, by route.",
+            ),
+            &["route"],
+        )?;
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "sessiongate_connections_closed_total",
+                "WebSockets and streamed responses that ended, by route and who ended them (revoked, expired, unavailable, lifetime, client, upstream).",
+            ),
+            &["route", "reason"],
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_closed.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
@@ -109,6 +129,8 @@ impl Metrics {
             key_rotation_failures,
             ready,
             auth_refusals,
+            connections_open,
+            connections_closed,
         })
     }
 

@@ -486,6 +486,165 @@ mod tests {
         }
     }
 
+    // === properties ===
+
+    use proptest::prelude::*;
+
+    /// The documented invariants of [`NormalizedPath`].
+    fn assert_normal_form(p: &NormalizedPath) {
+        let s = p.as_str();
+        assert!(s.starts_with('/') && s.len() <= MAX_PATH_LEN, "{s:?}");
+        assert!(!s.contains("//"), "empty segment in {s:?}");
+        let segments: Vec<&str> = s[1..].split('/').collect();
+        for seg in &segments {
+            let name = seg.split(';').next().unwrap_or(seg);
+            assert!(name != "." && name != "..", "dot segment in {s:?}");
+        }
+        let bytes = s.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                let hex = &s[i + 1..i + 3];
+                assert!(
+                    hex.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)),
+                    "lowercase or bad escape in {s:?}"
+                );
+                let v = u8::from_str_radix(hex, 16).unwrap();
+                assert!(
+                    !is_unreserved(v) && !is_control(v) && v != b'/' && v != b'\\',
+                    "needless or forbidden escape %{hex} in {s:?}"
+                );
+                i += 3;
+            } else {
+                assert!(is_path_char(bytes[i]), "raw {:?} in {s:?}", bytes[i]);
+                i += 1;
+            }
+        }
+    }
+
+    /// Normalization written plainly, for comparison: decode each segment byte by byte
+    /// (remembering which bytes were escaped), refuse what must be refused, resolve dot
+    /// segments on a stack. Lengths are not checked (generated paths are short).
+    fn model(raw: &str) -> Option<String> {
+        let rest = raw.as_bytes().strip_prefix(b"/")?;
+        let parts: Vec<&[u8]> = rest.split(|&b| b == b'/').collect();
+        let (mut kept, mut trailing) = (Vec::<String>::new(), false);
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let mut seg = String::new();
+            let mut j = 0;
+            while j < part.len() {
+                let (b, escaped) = if part[j] == b'%' {
+                    let hex = std::str::from_utf8(part.get(j + 1..j + 3)?).ok()?;
+                    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return None;
+                    }
+                    j += 3;
+                    (u8::from_str_radix(hex, 16).ok()?, true)
+                } else {
+                    j += 1;
+                    (part[j - 1], false)
+                };
+                if b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f {
+                    return None;
+                }
+                if is_unreserved(b) || (!escaped && is_path_char(b)) {
+                    seg.push(char::from(b));
+                } else {
+                    seg.push_str(&format!("%{b:02X}"));
+                }
+            }
+            let (name, params) = match seg.split_once(';') {
+                Some((name, _)) => (name, true),
+                None => (seg.as_str(), false),
+            };
+            match name {
+                _ if seg.is_empty() => trailing = last,
+                "." | ".." if params => return None,
+                "." => trailing = last,
+                ".." => {
+                    kept.pop()?;
+                    trailing = last;
+                }
+                _ => {
+                    kept.push(seg.clone());
+                    trailing = false;
+                }
+            }
+        }
+        let mut out: String = kept.iter().map(|s| format!("/{s}")).collect();
+        if out.is_empty() || trailing {
+            out.push('/');
+        }
+        Some(out)
+    }
+
+    /// Paths made of the pieces normalization cares about.
+    fn path_soup() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "/", "//", ".", "..", "%2e", "%2E", "%2f", "%5C", "a", "B", "~", "%41", "%7e", "%7E",
+            ";", ";x", " ", "\u{e9}", "%", "%zz", "%4", "\\", "\0", "%00", "%1f", "%3b", "%25",
+            "admin", "-", "_", ":", "@", "\"", "%C3%a9", "\t", "?", "#",
+        ]);
+        prop::collection::vec(piece, 0..16).prop_map(|v| format!("/{}", v.concat()))
+    }
+
+    fn check_properties(raw: &str) -> Result<(), TestCaseError> {
+        let got = normalize(raw);
+        let expected = model(raw);
+        prop_assert_eq!(
+            got.as_ref().ok().map(NormalizedPath::as_str),
+            expected.as_deref()
+        );
+        if let Ok(p) = got {
+            assert_normal_form(&p);
+            let again = normalize(p.as_str());
+            prop_assert_eq!(again.as_ref(), Ok(&p), "not idempotent");
+            prop_assert!(
+                is_normal(p.as_str().as_bytes()),
+                "fast path refuses {:?}",
+                p
+            );
+        }
+        if raw.starts_with('/') {
+            // The fast path is only a shortcut: the slow path agrees with it.
+            prop_assert_eq!(slow_normalize(raw.as_bytes()), normalize(raw));
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn normalize_matches_its_model_and_is_idempotent(raw in path_soup()) {
+            check_properties(&raw)?;
+        }
+
+        #[test]
+        fn normalize_never_panics_on_any_text(
+            raw in prop_oneof!["/[ -~]{0,40}", any::<String>(), "/\\PC{0,20}"],
+        ) {
+            check_properties(&raw)?;
+        }
+
+        #[test]
+        fn prefixes_match_on_segment_boundaries(
+            raw in path_soup(),
+            prefix in prop::collection::vec(prop::sample::select(vec!["a", "B", "admin", "~"]), 0..4),
+        ) {
+            let Ok(path) = normalize(&raw) else { return Ok(()) };
+            let prefix = format!("/{}", prefix.join("/"));
+            // The path's leading segments, without their `;` parameters, are the prefix's.
+            let want: Vec<&str> = prefix[1..].split('/').filter(|s| !s.is_empty()).collect();
+            let have: Vec<&str> = path.as_str()[1..]
+                .split('/')
+                .map(|s| s.split(';').next().unwrap_or(s))
+                .collect();
+            let expected = have.len() >= want.len() && have[..want.len()] == want[..];
+            prop_assert_eq!(matches_prefix(&path, &prefix), expected, "{} under {}", path, prefix);
+        }
+    }
+
     #[test]
     fn errors_read_as_sentences() {
         for e in [

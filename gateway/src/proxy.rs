@@ -1,10 +1,11 @@
 //! The Pingora proxy: `ProxyHttp` for sessiongate.
 //!
-//! Request path: normalize the path → gateway-owned endpoints (JWKS, exchange) →
-//! route match → cookie-header bound and Origin check → session lookup (live on
-//! critical routes, cached elsewhere) → token → forward with `Authorization: Bearer`.
-//! Refusals are written in `request_filter`, which then returns `Ok(true)`; only
-//! true failures reach `fail_to_proxy`.
+//! Request path: the request target (host, normalized path) → gateway-owned endpoints
+//! (JWKS, token exchange) → route match → the session cookie → [`decide`] (origin check,
+//! auth mode, session lookup: live on critical routes, cached elsewhere) → a token →
+//! forward with `Authorization: Bearer`. Every answer the gateway makes itself goes
+//! through [`respond`]; `request_filter` writes it and returns `Ok(true)`, and only true
+//! failures reach `fail_to_proxy`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,9 +14,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use exchange::{Exchange, Freshness, SessionLookup, SessionToken, cookie};
+use exchange::{Exchange, Outcome, SessionLookup};
 use http::header::{AUTHORIZATION, COOKIE, HOST};
 use http::{HeaderValue, Method};
+use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -23,11 +25,14 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use tracing::{info, warn};
 
 use crate::config::{AuthMode, Config};
+use crate::decide::{self, Step, decide};
+use crate::http::cookie::{self, Presented, Stripped};
+use crate::http::forwarding::{self, RequestIds};
+use crate::http::target;
 use crate::jwks;
 use crate::metrics::Metrics;
-use crate::path::{NormalizedPath, normalize};
 use crate::respond::{self, Refusal};
-use crate::route::{Route, RouteTable, host_of};
+use crate::route::{Route, RouteTable};
 
 /// Settings the proxy reads per request, swapped whole on reload.
 pub struct ProxySettings {
@@ -36,7 +41,7 @@ pub struct ProxySettings {
     /// Whether the session cookie reaches upstreams.
     pub forward_cookie: bool,
     /// Where browsers without a session are sent.
-    pub login_url: Option<String>,
+    pub login_url: Option<Arc<str>>,
     /// Origins allowed to make unsafe requests with the session cookie.
     pub allowed_origins: Vec<String>,
     /// Path of the token exchange endpoint.
@@ -49,6 +54,12 @@ pub struct ProxySettings {
     pub tls: bool,
     /// `Strict-Transport-Security` for every response, on a TLS listener.
     pub hsts: Option<HeaderValue>,
+    /// Peers whose forwarding headers are extended rather than replaced.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `session.stream_recheck`: how often open connections re-check without push.
+    pub stream_recheck: Duration,
+    /// `session.cache_ttl`: the bound of open connections on non-critical routes.
+    pub cache_ttl: Duration,
 }
 
 impl ProxySettings {
@@ -57,7 +68,7 @@ impl ProxySettings {
         Self {
             cookie: config.session.cookie.clone(),
             forward_cookie: config.session.forward_cookie,
-            login_url: config.session.login_url.clone(),
+            login_url: config.session.login_url.as_deref().map(Arc::from),
             allowed_origins: config.exchange.allowed_origins.clone(),
             exchange_path: config.exchange.path.clone(),
             max_cookie_header_bytes: config.server.max_cookie_header_bytes,
@@ -69,6 +80,9 @@ impl ProxySettings {
                 .as_deref()
                 .filter(|_| config.server.tls.is_some())
                 .and_then(|v| HeaderValue::from_str(v).ok()),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            stream_recheck: config.session.stream_recheck,
+            cache_ttl: config.session.cache_ttl,
         }
     }
 }
@@ -83,30 +97,151 @@ pub struct Gateway {
     pub exchange: Arc<Exchange>,
     /// Gateway metrics.
     pub metrics: Arc<Metrics>,
+    /// Fresh `X-Request-Id`s.
+    pub request_ids: RequestIds,
+    /// Connects the WebSocket tunnels the gateway owns ([`crate::tunnel`]).
+    pub tunnels: Arc<pingora::connectors::TransportConnector>,
+}
+
+/// What the request's session turned out to be, for the access line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Not looked at (no route, or a gateway endpoint answered first).
+    NotLooked,
+    /// The route does not authenticate (`auth = "none"`).
+    Skipped,
+    /// No session cookie.
+    Absent,
+    /// The lookup's outcome.
+    Looked(Outcome),
+}
+
+impl SessionState {
+    /// A bounded label for logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            SessionState::NotLooked => "none",
+            SessionState::Skipped => "skipped",
+            SessionState::Absent => "absent",
+            SessionState::Looked(outcome) => outcome.label(),
+        }
+    }
+}
+
+/// The end of [`Gateway::authorize`].
+pub(crate) enum Authorized {
+    /// Refuse the request.
+    Refuse(Refusal),
+    /// Forward it, with this token if any.
+    Forward(Option<exchange::SignedJwt>),
+}
+
+/// Who answered a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The upstream (or it was meant to).
+    Upstream,
+    /// The gateway refused it.
+    Refused(Refusal),
+    /// The gateway served the JWKS.
+    Jwks,
+    /// The gateway's token exchange endpoint answered.
+    Exchange,
+    /// The gateway answered a CORS preflight.
+    Preflight,
+}
+
+impl Answer {
+    /// A bounded label for logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Answer::Upstream => "upstream",
+            Answer::Refused(refusal) => refusal.label(),
+            Answer::Jwks => "jwks",
+            Answer::Exchange => "exchange",
+            Answer::Preflight => "preflight",
+        }
+    }
 }
 
 /// Per-request state.
 pub struct RequestCtx {
     started: Instant,
-    route: Option<Arc<Route>>,
-    /// The normalized path and original query, forwarded upstream.
+    pub(crate) route: Option<Arc<Route>>,
+    pub(crate) settings: Option<Arc<ProxySettings>>,
+    /// The origin-form target to forward, when not the request's own.
     forward_uri: Option<http::Uri>,
+    /// The `Host` to forward, when not the request's own.
+    forward_host: Option<HeaderValue>,
+    /// The authority the route was chosen by (for `X-Forwarded-Host`).
+    host: Option<HeaderValue>,
     bearer: Option<Bytes>,
-    kid: Option<keys::Kid>,
-    session_outcome: &'static str,
-    settings: Option<Arc<ProxySettings>>,
+    pub(crate) kid: Option<keys::Kid>,
+    pub(crate) session: SessionState,
+    pub(crate) answer: Answer,
+    request_id: Option<HeaderValue>,
     upstream: Option<SocketAddr>,
     /// The chosen upstream's address as text, for the access log.
     upstream_label: Option<Arc<str>>,
     tries: usize,
-    refused: Option<&'static str>,
+    /// A valid session was found (a long-lived response then lives under it).
+    session_valid: bool,
+    /// The WebSocket or stream being watched.
+    watched: Option<crate::stream::Watched>,
 }
 
 impl RequestCtx {
-    fn settings(&self) -> Result<&ProxySettings> {
+    pub(crate) fn settings(&self) -> Result<&Arc<ProxySettings>> {
         self.settings
-            .as_deref()
+            .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "settings not loaded"))
+    }
+
+    /// Upstream connection attempts so far.
+    pub(crate) fn tries(&self) -> usize {
+        self.tries
+    }
+
+    /// Whether a valid session was found for the request.
+    pub(crate) fn session_valid(&self) -> bool {
+        self.session_valid
+    }
+
+    /// The request id, for logs.
+    pub(crate) fn request_id_str(&self) -> &str {
+        self.request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+    }
+
+    /// How long a connection on `route` may outlive Redis, and how often it re-checks
+    /// while the push channel is down (SPEC "Long-lived connections").
+    pub(crate) fn watch_bounds(&self, route: &Route) -> Result<exchange::watch::Bounds> {
+        let settings = self.settings()?;
+        Ok(if route.critical {
+            exchange::watch::Bounds {
+                unavailable_for: settings.stream_recheck,
+                recheck_every: settings.stream_recheck,
+            }
+        } else {
+            exchange::watch::Bounds {
+                unavailable_for: settings.cache_ttl,
+                recheck_every: settings.stream_recheck.min(settings.cache_ttl),
+            }
+        })
+    }
+
+    /// Headers every answer of the gateway's own carries: HSTS and the request id.
+    pub(crate) fn extra_headers(&self) -> Vec<(&'static str, &HeaderValue)> {
+        let mut extra = Vec::with_capacity(2);
+        if let Some(hsts) = self.settings.as_ref().and_then(|s| s.hsts.as_ref()) {
+            extra.push(("strict-transport-security", hsts));
+        }
+        if let Some(id) = &self.request_id {
+            extra.push(("x-request-id", id));
+        }
+        extra
     }
 }
 
@@ -118,7 +253,7 @@ fn is_unsafe(method: &Method) -> bool {
 }
 
 /// Whether an unsafe request carrying the session cookie comes from an allowed origin.
-fn origin_allowed(req: &RequestHeader, allowed: &[String]) -> bool {
+pub(crate) fn origin_allowed(req: &RequestHeader, allowed: &[String]) -> bool {
     match req.headers.get("origin") {
         Some(origin) => origin
             .to_str()
@@ -140,254 +275,91 @@ fn is_navigation(req: &RequestHeader) -> bool {
             .is_some_and(|a| a.contains("text/html"))
 }
 
-/// The session cookie as the request presents it: its validated value, or the session
-/// outcome label saying why there is none (`"absent"`, `"malformed"`).
-type Presented = std::result::Result<SessionToken, &'static str>;
-
-fn presented(raw: Option<&str>) -> Presented {
-    match raw {
-        None => Err("absent"),
-        Some(raw) => SessionToken::parse(raw).map_err(|_| "malformed"),
-    }
-}
-
-/// The session cookie's value across every `Cookie` header, and the header's total size.
-fn session_cookie<'a>(req: &'a RequestHeader, name: &str) -> (Option<&'a str>, usize) {
-    let mut total = 0;
-    let mut found = None;
-    for value in req.headers.get_all(COOKIE) {
-        total += value.len();
-        if found.is_none() {
-            found = value
-                .to_str()
-                .ok()
-                .and_then(|v| cookie::find_cookie(v, name));
-        }
-    }
-    (found, total)
-}
-
 impl Gateway {
-    fn hsts(&self, ctx: &RequestCtx) -> Option<HeaderValue> {
-        ctx.settings.as_ref().and_then(|s| s.hsts.clone())
-    }
-
-    async fn refuse(
+    /// Writes `refusal`, counts it, and ends the request.
+    pub(crate) async fn refuse(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         refusal: Refusal,
     ) -> Result<bool> {
-        ctx.refused = Some(refusal.reason());
         let route = ctx.route.as_ref().map_or("none", |r| &r.name);
         self.metrics
             .auth_refusals
-            .with_label_values(&[route, refusal.reason()])
+            .with_label_values(&[route, refusal.label()])
             .inc();
-        respond::send(session, &refusal, self.hsts(ctx)).await?;
+        respond::send(session, &refusal, &ctx.extra_headers()).await?;
+        ctx.answer = Answer::Refused(refusal);
         Ok(true)
     }
 
-    fn unauthenticated(&self, req: &RequestHeader, settings: &ProxySettings) -> Refusal {
-        match &settings.login_url {
-            Some(url) if is_navigation(req) => Refusal::LoginRedirect(url.clone()),
-            _ => Refusal::Unauthenticated,
-        }
-    }
-
-    /// Looks the session up for `route`. `Ok(None)` means no valid session.
-    async fn authenticate(
+    /// Looks the session up and decides, until the request is to be forwarded (with the
+    /// token minted for it, if any) or refused. Writes nothing: the caller answers.
+    pub(crate) async fn authorize(
         &self,
-        presented: Presented,
-        critical: bool,
         ctx: &mut RequestCtx,
-    ) -> std::result::Result<Option<exchange::Resolved>, exchange::Error> {
-        let token = match presented {
-            Ok(token) => token,
-            Err(outcome) => {
-                // Absent or malformed: malformed cookies never reach Redis.
-                ctx.session_outcome = outcome;
-                return Ok(None);
+        route: &Route,
+        request: decide::Request<'_>,
+        presented: Presented<'_>,
+    ) -> Authorized {
+        let mut state = match presented {
+            Presented::Absent => decide::Session::Absent,
+            _ => decide::Session::Presented,
+        };
+        ctx.session = match (route.auth, presented) {
+            (AuthMode::None, _) => SessionState::Skipped,
+            (_, Presented::Absent) => SessionState::Absent,
+            _ => SessionState::NotLooked,
+        };
+        loop {
+            match decide(&request, &state) {
+                Step::Lookup(freshness) => {
+                    let lookup = match presented {
+                        Presented::Value(cookie) => self.exchange.lookup(cookie, freshness).await,
+                        _ => self.exchange.unreadable_cookie(),
+                    };
+                    ctx.session = SessionState::Looked(lookup.outcome());
+                    if let SessionLookup::Unavailable(e) = &lookup {
+                        warn!(route = %route.name, error = %e, kind = e.kind(), "Session lookup failed; refusing with 503.");
+                    }
+                    state = decide::Session::Looked(lookup);
+                }
+                Step::Forward { token: false } => return Authorized::Forward(None),
+                Step::Forward { token: true } => {
+                    let decide::Session::Looked(SessionLookup::Valid(valid)) = &state else {
+                        // decide() forwards with a token only for a valid session.
+                        return Authorized::Refuse(Refusal::Unauthenticated);
+                    };
+                    ctx.session_valid = true;
+                    return match self.exchange.token(valid, &route.audience, route.token_ttl) {
+                        Ok(jwt) => {
+                            ctx.kid = Some(jwt.kid().clone());
+                            Authorized::Forward(Some(jwt))
+                        }
+                        Err(e) => {
+                            warn!(route = %route.name, error = %e, kind = e.kind(), "Signing failed; refusing with 503.");
+                            Authorized::Refuse(Refusal::Unavailable)
+                        }
+                    };
+                }
+                Step::Refuse(refusal) => return Authorized::Refuse(refusal),
             }
-        };
-        let freshness = if critical {
-            Freshness::Live
-        } else {
-            Freshness::Cached
-        };
-        let resolved = match self.exchange.lookup(&token, freshness).await {
-            Ok(resolved) => resolved,
-            Err(e) => {
-                // The access line says the lookup failed (e.g. Redis down), not "none".
-                ctx.session_outcome = "error";
-                return Err(e);
-            }
-        };
-        ctx.session_outcome = resolved.lookup.result_label();
-        Ok(matches!(resolved.lookup, SessionLookup::Valid(_)).then_some(resolved))
+        }
     }
 
     async fn serve_jwks(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if !matches!(session.req_header().method, Method::GET | Method::HEAD) {
+            return self
+                .refuse(session, ctx, Refusal::MethodNotAllowed("GET, HEAD"))
+                .await;
+        }
         let max_age = ctx.settings()?.jwks_max_age;
         let set = self.exchange.minter().keyring().load_full();
         let (header, body) = jwks::response(set.jwks(), session.req_header(), max_age)?;
-        ctx.refused = Some("jwks");
-        respond::write(session, header, body, self.hsts(ctx)).await?;
+        respond::write(session, header, body, &ctx.extra_headers()).await?;
+        ctx.answer = Answer::Jwks;
         Ok(true)
     }
-
-    async fn serve_exchange(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let settings = ctx
-            .settings
-            .clone()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no settings"))?;
-        let req = session.req_header();
-        let origin = req.headers.get("origin").cloned();
-        if req.method == Method::OPTIONS {
-            return self
-                .exchange_preflight(session, ctx, &settings, origin)
-                .await;
-        }
-        if req.method != Method::POST {
-            return self.refuse(session, ctx, Refusal::MethodNotAllowed).await;
-        }
-        if !origin_allowed(req, &settings.allowed_origins) {
-            return self.refuse(session, ctx, Refusal::Forbidden).await;
-        }
-        let (raw_cookie, total) = session_cookie(req, &settings.cookie);
-        if total > settings.max_cookie_header_bytes {
-            return self
-                .refuse(session, ctx, Refusal::BadRequest("cookie header too large"))
-                .await;
-        }
-        // Validated (and copied out of the request) before the body is read.
-        let presented = presented(raw_cookie);
-        let Some(body) = read_small_body(session, 4096).await? else {
-            return self
-                .refuse(session, ctx, Refusal::BadRequest("body too large"))
-                .await;
-        };
-        let Some(audience) = parse_audience(&body) else {
-            return self
-                .refuse(
-                    session,
-                    ctx,
-                    Refusal::BadRequest("expected {\"audience\": \"...\"}"),
-                )
-                .await;
-        };
-        let routes = self.routes.load();
-        let Some(route) = routes.by_audience(&audience).cloned() else {
-            return self
-                .refuse(session, ctx, Refusal::BadRequest("unknown audience"))
-                .await;
-        };
-        ctx.route = Some(route.clone());
-        let resolved = match self.authenticate(presented, route.critical, ctx).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return self.refuse(session, ctx, Refusal::Unauthenticated).await,
-            Err(e) => return self.lookup_failed(session, ctx, &e).await,
-        };
-        let jwt = match self
-            .exchange
-            .token(&resolved, &route.audience, route.token_ttl)
-        {
-            Ok(jwt) => jwt,
-            Err(e) => return self.lookup_failed(session, ctx, &e).await,
-        };
-        ctx.kid = Some(jwt.kid().clone());
-        let expires_in = jwt.exp().saturating_sub(exchange::unix_now());
-        let body = format!(
-            r#"{{"access_token":"{}","token_type":"Bearer","expires_in":{expires_in}}}"#,
-            jwt.jwt()
-        );
-        let mut header = ResponseHeader::build(200, Some(6))?;
-        header.insert_header("content-type", "application/json")?;
-        header.insert_header("cache-control", "no-store")?;
-        header.insert_header("content-length", body.len().to_string())?;
-        if let Some(origin) = origin {
-            header.insert_header("access-control-allow-origin", origin)?;
-            header.insert_header("access-control-allow-credentials", "true")?;
-            header.insert_header("vary", "Origin")?;
-        }
-        ctx.refused = Some("exchange");
-        respond::write(session, header, Bytes::from(body), self.hsts(ctx)).await?;
-        Ok(true)
-    }
-
-    async fn exchange_preflight(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        settings: &ProxySettings,
-        origin: Option<HeaderValue>,
-    ) -> Result<bool> {
-        let allowed = origin
-            .as_ref()
-            .and_then(|o| o.to_str().ok())
-            .is_some_and(|o| {
-                settings
-                    .allowed_origins
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(o))
-            });
-        let Some(origin) = origin.filter(|_| allowed) else {
-            return self.refuse(session, ctx, Refusal::Forbidden).await;
-        };
-        let mut header = ResponseHeader::build(204, Some(6))?;
-        header.insert_header("access-control-allow-origin", origin)?;
-        header.insert_header("access-control-allow-credentials", "true")?;
-        header.insert_header("access-control-allow-methods", "POST")?;
-        header.insert_header("access-control-allow-headers", "content-type")?;
-        header.insert_header("access-control-max-age", "600")?;
-        header.insert_header("vary", "Origin")?;
-        ctx.refused = Some("preflight");
-        respond::write(session, header, Bytes::new(), self.hsts(ctx)).await?;
-        Ok(true)
-    }
-
-    async fn lookup_failed(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        e: &exchange::Error,
-    ) -> Result<bool> {
-        let route = ctx.route.as_ref().map_or("none", |r| &*r.name).to_owned();
-        if e.is_unavailable()
-            || matches!(
-                e,
-                exchange::Error::NoSigningKey | exchange::Error::Sign { .. }
-            )
-        {
-            warn!(route = %route, error = %e, kind = e.kind(), "Session lookup or signing failed; refusing with 503.");
-            self.refuse(session, ctx, Refusal::Unavailable).await
-        } else {
-            // A corrupt session value cannot be trusted: treat it as no session.
-            warn!(route = %route, error = %e, kind = e.kind(), "Session value unusable; refusing with 401.");
-            ctx.session_outcome = "error";
-            self.refuse(session, ctx, Refusal::Unauthenticated).await
-        }
-    }
-}
-
-async fn read_small_body(session: &mut Session, limit: usize) -> Result<Option<Vec<u8>>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = session.read_request_body().await? {
-        if body.len() + chunk.len() > limit {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Some(body))
-}
-
-fn parse_audience(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Req {
-        audience: String,
-    }
-    serde_json::from_slice::<Req>(body).ok().map(|r| r.audience)
 }
 
 #[async_trait]
@@ -398,15 +370,20 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             started: Instant::now(),
             route: None,
+            settings: None,
             forward_uri: None,
+            forward_host: None,
+            host: None,
             bearer: None,
             kid: None,
-            session_outcome: "none",
-            settings: None,
+            session: SessionState::NotLooked,
+            answer: Answer::Upstream,
+            request_id: None,
             upstream: None,
             upstream_label: None,
             tries: 0,
-            refused: None,
+            session_valid: false,
+            watched: None,
         }
     }
 
@@ -415,95 +392,68 @@ impl ProxyHttp for Gateway {
         let settings = self.settings.load_full();
         ctx.settings = Some(settings.clone());
         let req = session.req_header();
+        ctx.request_id = Some(
+            forwarding::client_request_id(req)
+                .cloned()
+                .unwrap_or_else(|| self.request_ids.next()),
+        );
 
-        let uri = &req.uri;
-        let path = match normalize(uri.path()) {
-            Ok(p) => p,
-            Err(_) => {
+        let target = match target::parse(req) {
+            Ok(t) => t,
+            Err(e) => {
                 return self
-                    .refuse(
-                        session,
-                        ctx,
-                        Refusal::BadRequest("path cannot be normalized"),
-                    )
+                    .refuse(session, ctx, Refusal::BadRequest(e.detail()))
                     .await;
             }
         };
-        if path.as_str() == jwks::PATH {
-            return if matches!(req.method, Method::GET | Method::HEAD) {
-                self.serve_jwks(session, ctx).await
-            } else {
-                self.refuse(session, ctx, Refusal::MethodNotAllowed).await
-            };
+        if target.path.as_str() == jwks::PATH {
+            return self.serve_jwks(session, ctx).await;
         }
-        if settings.exchange_path.as_deref() == Some(path.as_str()) {
-            return self.serve_exchange(session, ctx).await;
+        if settings.exchange_path.as_deref() == Some(target.path.as_str()) {
+            return crate::exchange_endpoint::serve(self, session, ctx).await;
         }
-
-        let host = req
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| uri.host())
-            .map(host_of)
-            .map(|h| {
-                if h.bytes().any(|b| b.is_ascii_uppercase()) {
-                    std::borrow::Cow::Owned(h.to_ascii_lowercase())
-                } else {
-                    std::borrow::Cow::Borrowed(h)
-                }
-            });
         let routes = self.routes.load();
-        let Some(route) = routes.find(host.as_deref(), &path).cloned() else {
+        let Some(route) = routes.find(target.host.as_deref(), &target.path).cloned() else {
             return self.refuse(session, ctx, Refusal::NotFound).await;
         };
         ctx.route = Some(route.clone());
-        // Forward the normalized path; rebuild the URI only when normalization changed it.
-        if path.as_str() != uri.path() || uri.scheme().is_some() {
-            ctx.forward_uri = Some(forward_uri(&path, uri.query())?);
-        }
+        // X-Forwarded-Host: the authority the route was chosen by, as the client sent it
+        // (its port included) unless normalizing changed it.
+        ctx.host = target
+            .forward_host
+            .clone()
+            .or_else(|| req.headers.get(HOST).cloned());
+        ctx.forward_uri = target.forward_uri;
+        ctx.forward_host = target.forward_host;
 
-        let (raw_cookie, total) = session_cookie(req, &settings.cookie);
+        let (presented, total) = cookie::find(req.headers.get_all(COOKIE).iter(), &settings.cookie);
         if total > settings.max_cookie_header_bytes {
             return self
                 .refuse(session, ctx, Refusal::BadRequest("cookie header too large"))
                 .await;
         }
-        if raw_cookie.is_some()
-            && is_unsafe(&req.method)
-            && !origin_allowed(req, &settings.allowed_origins)
-        {
-            return self.refuse(session, ctx, Refusal::Forbidden).await;
-        }
-        if route.auth == AuthMode::None {
-            ctx.session_outcome = "skipped";
-            return Ok(false);
-        }
-
-        let resolved = match self
-            .authenticate(presented(raw_cookie), route.critical, ctx)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return self.lookup_failed(session, ctx, &e).await,
+        let request = decide::Request {
+            auth: route.auth,
+            critical: route.critical,
+            cross_site: is_unsafe(&req.method) && !origin_allowed(req, &settings.allowed_origins),
+            login: settings.login_url.as_ref().filter(|_| is_navigation(req)),
         };
-        let Some(resolved) = resolved else {
-            if route.auth == AuthMode::Required {
-                let refusal = self.unauthenticated(session.req_header(), &settings);
-                return self.refuse(session, ctx, refusal).await;
-            }
-            return Ok(false);
-        };
-        match self
-            .exchange
-            .token(&resolved, &route.audience, route.token_ttl)
-        {
-            Ok(jwt) => {
-                ctx.kid = Some(jwt.kid().clone());
-                ctx.bearer = Some(jwt.bearer().clone());
+        // WebSocket upgrades run through the gateway's own tunnel (crate::tunnel).
+        let upgrade = forwarding::is_upgrade(req)
+            && req
+                .headers
+                .get(http::header::UPGRADE)
+                .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        match self.authorize(ctx, &route, request, presented).await {
+            Authorized::Refuse(refusal) => self.refuse(session, ctx, refusal).await,
+            Authorized::Forward(jwt) => {
+                ctx.bearer = jwt.map(|jwt| jwt.framed().clone());
+                if upgrade {
+                    let tunnels = self.tunnels.clone();
+                    return crate::tunnel::serve(self, &tunnels, session, ctx).await;
+                }
                 Ok(false)
             }
-            Err(e) => self.lookup_failed(session, ctx, &e).await,
         }
     }
 
@@ -512,26 +462,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
-        let avoid = if ctx.tries > 0 { ctx.upstream } else { None };
-        let chosen = route
-            .upstreams
-            .choose(avoid)
-            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream"))?;
-        ctx.upstream = Some(chosen.addr);
-        ctx.upstream_label = Some(chosen.label);
-        ctx.tries += 1;
-        let mut peer = HttpPeer::new(chosen.addr, chosen.tls, chosen.sni);
-        peer.options.ca = chosen.ca;
-        // Pingora's pool does not key connections by CA: never reuse one verified
-        // against another route's trust.
-        peer.group_key = chosen.ca_group;
-        peer.options.connection_timeout = Some(Duration::from_secs(2));
-        peer.options.total_connection_timeout = Some(Duration::from_secs(5));
-        Ok(Box::new(peer))
+        self.choose_peer(ctx)
     }
 
     async fn upstream_request_filter(
@@ -540,79 +471,40 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let settings = ctx.settings()?;
-        // Never forward the client's own credentials: the bearer replaces every
-        // Authorization header the client sent (insert replaces), or they are removed.
-        // An error here fails the request, so nothing is forwarded with them.
-        match &ctx.bearer {
-            Some(bearer) => {
-                let value = HeaderValue::from_maybe_shared(bearer.clone())
-                    .map_err(|e| Error::because(ErrorType::InternalError, "bearer header", e))?;
-                upstream.insert_header(AUTHORIZATION, value)?;
-            }
-            None => {
-                upstream.remove_header(&AUTHORIZATION);
-            }
-        }
-        if !settings.forward_cookie && upstream.headers.contains_key(COOKIE) {
-            // Every Cookie header, the session cookie removed, joined into one.
-            let mut stripped = String::new();
-            let mut values = 0;
-            for value in upstream.headers.get_all(COOKIE) {
-                values += 1;
-                if let Ok(v) = value.to_str() {
-                    cookie::strip_cookie_into(v, &settings.cookie, &mut stripped);
-                }
-            }
-            // One header the strip left as it was is not rewritten.
-            let unchanged = values == 1
-                && upstream
-                    .headers
-                    .get(COOKIE)
-                    .is_some_and(|v| v.as_bytes() == stripped.as_bytes());
-            if stripped.is_empty() {
-                upstream.remove_header(&COOKIE);
-            } else if !unchanged {
-                // Replaces every Cookie header the client sent.
-                upstream.insert_header(COOKIE, stripped)?;
-            }
-        }
-        let mut ip_buf = [0u8; 64];
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .and_then(|a| display_in(&mut ip_buf, a.ip()));
-        match client_ip {
-            Some(ip) => upstream.insert_header("x-forwarded-for", ip)?,
-            None => {
-                upstream.remove_header("x-forwarded-for");
-            }
-        }
-        upstream.insert_header(
-            "x-forwarded-proto",
-            if settings.tls { "https" } else { "http" },
-        )?;
-        if let Some(host) = session.req_header().headers.get(HOST).cloned() {
-            upstream.insert_header("x-forwarded-host", host)?;
-        } else {
-            upstream.remove_header("x-forwarded-host");
-        }
-        if let Some(uri) = ctx.forward_uri.clone() {
-            upstream.set_uri(uri);
-        }
-        Ok(())
+        self.prepare_upstream_request(session, upstream, ctx)
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(hsts) = self.hsts(ctx) {
-            upstream_response.insert_header("strict-transport-security", hsts)?;
+        for (name, value) in ctx.extra_headers() {
+            upstream_response.insert_header(name, value.clone())?;
+        }
+        if ctx.session_valid {
+            self.watch_if_long_lived(session, upstream_response, ctx);
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(watched) = &ctx.watched {
+            if let Some(reason) = watched.ended() {
+                // A stream whose connection could not be shut from outside (HTTP/2) ends
+                // here, at its next chunk: an abort, never a clean end.
+                return Err(Error::explain(ErrorType::ConnectionClosed, reason.label()));
+            }
+            watched.sent(body.as_deref().unwrap_or_default(), end_of_stream);
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -644,34 +536,13 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let refusal = match e.etype() {
-            ErrorType::HTTPStatus(code) if *code == 400 => Refusal::BadRequest("malformed request"),
-            _ => match e.esource() {
-                ErrorSource::Upstream => Refusal::BadGateway,
-                ErrorSource::Downstream => Refusal::BadRequest("malformed request"),
-                _ => Refusal::BadGateway,
-            },
-        };
+        let refusal = failure_refusal(e);
         // Connect failures (TLS handshakes and certificate checks included) were counted
         // in fail_to_connect; count the rest here.
-        let connect_failure = matches!(
-            e.etype(),
-            ErrorType::ConnectRefused
-                | ErrorType::ConnectTimedout
-                | ErrorType::ConnectError
-                | ErrorType::TLSWantX509Lookup
-                | ErrorType::TLSHandshakeFailure
-                | ErrorType::TLSHandshakeTimedout
-                | ErrorType::InvalidCert
-                | ErrorType::HandshakeError
-                | ErrorType::SocketError
-                | ErrorType::BindError
-                | ErrorType::ConnectProxyFailure
-        );
         if let Some(route) = ctx
             .route
             .as_ref()
-            .filter(|_| matches!(e.esource(), ErrorSource::Upstream) && !connect_failure)
+            .filter(|_| matches!(e.esource(), ErrorSource::Upstream) && !is_connect_failure(e))
         {
             let kind = match e.etype() {
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
@@ -687,13 +558,18 @@ impl ProxyHttp for Gateway {
                 e.etype(),
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
             );
-        let code = if downstream_dead {
+        let code = if downstream_dead || session.response_written().is_some() {
             0
         } else {
             let status = refusal.status();
-            if let Err(write_err) = respond::send(session, &refusal, self.hsts(ctx)).await {
+            // The connection is not reused after this answer (below): say so with
+            // `Connection: close`, or a keep-alive client races the close with its next
+            // request, which then fails unanswered (found by the fault suite, 8c).
+            session.set_keepalive(None);
+            if let Err(write_err) = respond::send(session, &refusal, &ctx.extra_headers()).await {
                 warn!(error = %write_err, "Could not write the error response.");
             }
+            ctx.answer = Answer::Refused(refusal);
             status
         };
         FailToProxy {
@@ -705,6 +581,27 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route: &str = ctx.route.as_ref().map_or("none", |r| &r.name);
+        if let Some(watched) = ctx.watched.take() {
+            // Before Pingora releases the connection: the watch can no longer touch it.
+            let client_failed = e.is_some_and(|e| matches!(e.esource(), ErrorSource::Downstream));
+            let (reason, lived) = watched.finish(client_failed);
+            self.metrics
+                .connections_open
+                .with_label_values(&[route])
+                .dec();
+            self.metrics
+                .connections_closed
+                .with_label_values(&[route, reason.label()])
+                .inc();
+            info!(
+                target: "sessiongate::connection",
+                route,
+                reason = reason.label(),
+                duration_ms = lived.as_secs_f64() * 1000.0,
+                request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                "connection ended"
+            );
+        }
         let elapsed = ctx.started.elapsed();
         self.metrics
             .requests
@@ -720,43 +617,200 @@ impl ProxyHttp for Gateway {
         }
         // One access line per request. Never a cookie, token, key or query string.
         let upstream = ctx.upstream_label.as_deref().unwrap_or("-");
+        let request_id = ctx
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
         info!(
             target: "sessiongate::access",
             method = %session.req_header().method,
             route,
             status,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
-            session = ctx.session_outcome,
+            session = ctx.session.label(),
             upstream,
             kid = ctx.kid.as_ref().map_or("-", |k| k.as_str()),
-            answered_by = ctx.refused.unwrap_or("upstream"),
+            answered_by = ctx.answer.label(),
             error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
+            request_id,
             "request"
         );
     }
 }
 
-/// Formats `value` into `buf` without allocating; `None` if it does not fit (an address
-/// always fits in 64 bytes).
-fn display_in(buf: &mut [u8], value: impl std::fmt::Display) -> Option<&str> {
-    use std::io::Write as _;
-    let len = buf.len();
-    let mut cursor = &mut buf[..];
-    write!(cursor, "{value}").ok()?;
-    let written = len - cursor.len();
-    std::str::from_utf8(&buf[..written]).ok()
+impl Gateway {
+    /// The next upstream of the request's route, with the route's timeouts and trust.
+    pub(crate) fn choose_peer(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        let avoid = if ctx.tries > 0 { ctx.upstream } else { None };
+        let chosen = route
+            .upstreams
+            .choose(avoid)
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream"))?;
+        ctx.upstream = Some(chosen.addr);
+        ctx.upstream_label = Some(chosen.label);
+        ctx.tries += 1;
+        let mut peer = HttpPeer::new(chosen.addr, chosen.tls, chosen.sni);
+        peer.options.ca = chosen.ca;
+        // Pingora's pool does not key connections by CA: never reuse one verified
+        // against another route's trust.
+        peer.group_key = chosen.ca_group;
+        peer.options.connection_timeout = Some(route.connect_timeout);
+        peer.options.total_connection_timeout = Some(route.connect_timeout);
+        peer.options.read_timeout = Some(route.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    /// The request as the upstream gets it: hop-by-hop and forwarding headers replaced,
+    /// the client's credentials replaced by the bearer, the session cookie stripped, the
+    /// request id, the origin-form target and the `Host` the route was chosen by.
+    pub(crate) fn prepare_upstream_request(
+        &self,
+        session: &Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let settings = ctx.settings()?.clone();
+        // First, so that no header the client names in `Connection` can remove ours.
+        forwarding::strip_hop_by_hop(upstream);
+        // Never forward the client's own credentials: the bearer replaces every
+        // Authorization header the client sent (insert replaces), or they are removed.
+        // An error here fails the request, so nothing is forwarded with them.
+        match &ctx.bearer {
+            Some(bearer) => {
+                let value = HeaderValue::from_maybe_shared(bearer.clone())
+                    .map_err(|e| Error::because(ErrorType::InternalError, "bearer header", e))?;
+                upstream.insert_header(AUTHORIZATION, value)?;
+            }
+            None => {
+                upstream.remove_header(&AUTHORIZATION);
+            }
+        }
+        if !settings.forward_cookie {
+            match cookie::strip(upstream.headers.get_all(COOKIE).iter(), &settings.cookie) {
+                Stripped::Unchanged => {}
+                Stripped::Empty => {
+                    upstream.remove_header(&COOKIE);
+                }
+                // Replaces every Cookie header the client sent.
+                Stripped::Joined(value) => upstream.insert_header(COOKIE, value)?,
+            }
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(SocketAddr::ip);
+        let origin = forwarding::Origin {
+            peer,
+            trusted: forwarding::is_trusted(peer, &settings.trusted_proxies),
+            tls: settings.tls,
+            host: ctx.host.as_ref().and_then(|h| h.to_str().ok()),
+        };
+        forwarding::set_forwarding(upstream, &origin)?;
+        if let Some(id) = &ctx.request_id {
+            upstream.insert_header("x-request-id", id.clone())?;
+        }
+        if let Some(uri) = ctx.forward_uri.take() {
+            upstream.set_uri(uri);
+        }
+        if let Some(host) = ctx.forward_host.clone() {
+            upstream.insert_header(HOST, host)?;
+        }
+        Ok(())
+    }
+
+    /// Starts watching a WebSocket (after its 101) or a streamed response opened under a
+    /// valid session, so that it ends when the session does (see [`crate::stream`]).
+    fn watch_if_long_lived(
+        &self,
+        session: &Session,
+        response: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) {
+        let req = session.req_header();
+        let websocket = response.status.as_u16() == 101;
+        let streamed = !websocket
+            && req.method != Method::HEAD
+            && !matches!(response.status.as_u16(), 204 | 304)
+            && (response
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"))
+                || !response.headers.contains_key(http::header::CONTENT_LENGTH));
+        let (Some(route), Some(settings)) = (ctx.route.clone(), ctx.settings.clone()) else {
+            return;
+        };
+        if !(websocket || streamed) || route.auth == AuthMode::None {
+            return;
+        }
+        let (Presented::Value(cookie), _) =
+            cookie::find(req.headers.get_all(COOKIE).iter(), &settings.cookie)
+        else {
+            return;
+        };
+        let downstream = session.as_downstream();
+        // HTTP/1: the client socket. HTTP/2 streams share a connection: none (the stream
+        // is ended at its next chunk instead).
+        let socket = downstream
+            .stream()
+            .map(|s| s.as_ref().id())
+            .and_then(|fd| Some((fd, pingora::protocols::l4::ext::get_socket_cookie(fd).ok()?)));
+        let tls = downstream.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let Ok(bounds) = ctx.watch_bounds(&route) else {
+            return;
+        };
+        self.metrics
+            .connections_open
+            .with_label_values(&[&route.name])
+            .inc();
+        ctx.watched = Some(crate::stream::Watched::start(
+            self.exchange.clone(),
+            crate::stream::Watch {
+                cookie,
+                socket,
+                tls,
+                websocket,
+                bounds,
+                lifetime: route.max_connection_lifetime,
+            },
+        ));
+    }
 }
 
-/// The URI forwarded upstream: the normalized path with the original query.
-fn forward_uri(path: &NormalizedPath, query: Option<&str>) -> Result<http::Uri> {
-    let pq = match query {
-        Some(q) => format!("{}?{q}", path.as_str()),
-        None => path.as_str().to_owned(),
-    };
-    http::Uri::builder()
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "forward uri", e))
+/// Whether an error happened while connecting to the upstream.
+fn is_connect_failure(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectRefused
+            | ErrorType::ConnectTimedout
+            | ErrorType::ConnectError
+            | ErrorType::TLSWantX509Lookup
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
+            | ErrorType::SocketError
+            | ErrorType::BindError
+            | ErrorType::ConnectProxyFailure
+    )
+}
+
+/// What a proxying failure answers: 504 when the upstream did not answer in time, 502
+/// for any other upstream failure (a connect timeout included), 400 for a request the
+/// HTTP layer could not read.
+fn failure_refusal(e: &Error) -> Refusal {
+    match (e.esource(), e.etype()) {
+        (_, ErrorType::HTTPStatus(400)) => Refusal::BadRequest("malformed request"),
+        (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+            Refusal::GatewayTimeout
+        }
+        (ErrorSource::Downstream, _) => Refusal::BadRequest("malformed request"),
+        _ => Refusal::BadGateway,
+    }
 }
 
 fn status_label(status: u16) -> &'static str {
@@ -772,16 +826,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn display_in_formats_without_allocating_and_refuses_what_does_not_fit() {
-        let mut buf = [0u8; 64];
-        let v6: SocketAddr = "[2001:db8::ffff:1:2:3]:65535".parse().unwrap();
+    fn failures_map_to_502_504_or_400() {
+        let cases = [
+            (ErrorSource::Upstream, ErrorType::ReadTimedout, 504),
+            (ErrorSource::Upstream, ErrorType::WriteTimedout, 504),
+            (ErrorSource::Upstream, ErrorType::ConnectTimedout, 502),
+            (ErrorSource::Upstream, ErrorType::ConnectRefused, 502),
+            (ErrorSource::Upstream, ErrorType::ConnectionClosed, 502),
+            (ErrorSource::Upstream, ErrorType::InvalidHTTPHeader, 502),
+            (ErrorSource::Downstream, ErrorType::InvalidHTTPHeader, 400),
+            (ErrorSource::Internal, ErrorType::HTTPStatus(400), 400),
+            (ErrorSource::Internal, ErrorType::InternalError, 502),
+        ];
+        for (source, etype, status) in cases {
+            let e = Error::create(etype.clone(), source.clone(), None, None);
+            assert_eq!(failure_refusal(&e).status(), status, "{source:?} {etype:?}");
+        }
+    }
+
+    #[test]
+    fn labels_come_from_the_types() {
+        assert_eq!(SessionState::Looked(Outcome::Unavailable).label(), "error");
+        assert_eq!(SessionState::Absent.label(), "absent");
         assert_eq!(
-            display_in(&mut buf, v6),
-            Some("[2001:db8::ffff:1:2:3]:65535")
+            Answer::Refused(Refusal::LoginRedirect("/l".into())).label(),
+            "login_redirect"
         );
-        let v4: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        assert_eq!(display_in(&mut buf, v4.ip()), Some("127.0.0.1"));
-        let mut small = [0u8; 4];
-        assert_eq!(display_in(&mut small, v4), None);
+        assert_eq!(
+            Answer::Refused(Refusal::GatewayTimeout).label(),
+            "gateway_timeout"
+        );
+        assert_eq!(Answer::Upstream.label(), "upstream");
     }
 }

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::ProxySettings;
 use crate::route::RouteTable;
-use crate::server::{GatewayHandles, session_settings};
+use crate::server::{GatewayHandles, format_settings, session_settings};
 
 /// Reload metrics.
 pub struct ReloadMetrics {
@@ -162,9 +162,11 @@ impl Reloader {
         self.handles
             .settings
             .store(Arc::new(ProxySettings::from_config(&applied)));
+        // The running format, its secrets read again from the (unchanged) environment.
+        let format = format_settings(&applied).map_err(|e| vec![e.to_string()])?;
         needs_restart.extend(
             self.exchange
-                .reconfigure(session_settings(&applied))
+                .reconfigure(session_settings(&applied, format))
                 .into_iter()
                 .map(String::from),
         );
@@ -202,13 +204,23 @@ pub fn applied(running: &Config, new: Config) -> Config {
     applied.session.cache_max_entries = running.session.cache_max_entries;
     applied.session.cache_max_bytes = running.session.cache_max_bytes;
     applied.session.token_cache_max_bytes = running.session.token_cache_max_bytes;
+    applied.session.format = running.session.format;
+    applied
+        .session
+        .secrets_env
+        .clone_from(&running.session.secrets_env);
     applied
 }
 
 /// Config keys that differ between `old` and `new` and only take effect on restart.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
-    let checks: [(&'static str, bool); 15] = [
+    let checks: [(&'static str, bool); 17] = [
+        ("session.format", old.session.format != new.session.format),
+        (
+            "session.secrets_env",
+            old.session.secrets_env != new.session.secrets_env,
+        ),
         ("server.listen", old.server.listen != new.server.listen),
         (
             "server.admin_listen",

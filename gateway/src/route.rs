@@ -40,6 +40,12 @@ pub struct Route {
     pub critical: bool,
     /// Lifetime of tokens minted for this route.
     pub token_ttl: Duration,
+    /// How long an upstream connect may take (502 past it).
+    pub connect_timeout: Duration,
+    /// How long the upstream may stay silent while a response is awaited (504 past it).
+    pub read_timeout: Duration,
+    /// How long a WebSocket or stream on this route may stay open.
+    pub max_connection_lifetime: Option<Duration>,
     /// Upstream pool.
     pub upstreams: Upstreams,
     /// Pre-resolved request duration histogram for this route.
@@ -272,6 +278,9 @@ impl RouteTable {
                 auth: rc.auth,
                 critical: rc.critical,
                 token_ttl: rc.token_ttl,
+                connect_timeout: rc.connect_timeout,
+                read_timeout: rc.read_timeout,
+                max_connection_lifetime: rc.max_connection_lifetime,
                 upstreams: Upstreams::new(rc)?,
                 duration: metrics
                     .request_duration
@@ -298,7 +307,7 @@ impl RouteTable {
         Ok(Self { routes, audiences })
     }
 
-    /// The route for `host` (lowercased, no port) and `path`.
+    /// The route for `host` (as [`crate::http::target`] normalizes it) and `path`.
     pub fn find(&self, host: Option<&str>, path: &NormalizedPath) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| {
             r.host.as_deref().is_none_or(|h| Some(h) == host)
@@ -315,22 +324,6 @@ impl RouteTable {
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
-}
-
-/// Lowercases a Host header value and strips its port.
-pub fn host_of(raw: &str) -> &str {
-    let raw = raw.trim();
-    if let Some(rest) = raw.strip_prefix('[') {
-        // IPv6 literal: keep the brackets' content.
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    raw.rsplit_once(':').map_or(raw, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            raw
-        }
-    })
 }
 
 #[cfg(test)]
@@ -388,5 +381,92 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert!(err.contains("cannot read"), "{err}");
+    }
+
+    // === properties ===
+
+    use proptest::prelude::*;
+
+    use crate::config::Upstream;
+    use crate::path::normalize;
+
+    fn route_config(i: usize, prefix: &str, host: Option<&str>) -> RouteConfig {
+        RouteConfig {
+            name: format!("r{i}"),
+            path_prefix: prefix.to_owned(),
+            host: host.map(str::to_owned),
+            upstreams: vec![Upstream {
+                addr: "127.0.0.1:1".into(),
+                tls: false,
+            }],
+            audience: format!("r{i}"),
+            auth: AuthMode::Required,
+            critical: false,
+            token_ttl: Duration::from_secs(60),
+            max_connection_lifetime: None,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            ca_file: None,
+        }
+    }
+
+    const SEGMENTS: &[&str] = &["a", "b", "api", "orders", "ordersX"];
+
+    /// `/` and the prefixes made of [`SEGMENTS`], as validation leaves them.
+    fn prefix() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(SEGMENTS), 0..3)
+            .prop_map(|segs| format!("/{}", segs.join("/")))
+    }
+
+    fn host() -> impl Strategy<Value = Option<&'static str>> {
+        prop::sample::select(vec![None, Some("a.example"), Some("b.example")])
+    }
+
+    /// The path's leading segments, without `;` parameters, are the prefix's.
+    fn under(path: &str, prefix: &str) -> bool {
+        let want: Vec<&str> = prefix[1..].split('/').filter(|s| !s.is_empty()).collect();
+        let have: Vec<&str> = path[1..]
+            .split('/')
+            .map(|s| s.split(';').next().unwrap_or(s))
+            .collect();
+        have.len() >= want.len() && have[..want.len()] == want[..]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn the_route_found_is_the_most_specific_match(
+            routes in prop::collection::vec((prefix(), host()), 1..6),
+            segments in prop::collection::vec(
+                prop::sample::select(vec!["a", "b", "api", "orders", "ordersX", "a;v=1", "x", "."]),
+                0..4,
+            ),
+            trailing in any::<bool>(),
+            request_host in prop::sample::select(vec![None, Some("a.example"), Some("c.example")]),
+        ) {
+            let configs: Vec<RouteConfig> = routes
+                .iter()
+                .enumerate()
+                .map(|(i, (p, h))| route_config(i, p, *h))
+                .collect();
+            let metrics = crate::metrics::Metrics::register(&prometheus::Registry::new()).unwrap();
+            let table = RouteTable::build(&configs, &metrics).unwrap();
+            let raw = format!("/{}{}", segments.join("/"), if trailing { "/" } else { "" });
+            let path = normalize(&raw).unwrap();
+            let matches = |r: &Route| {
+                r.host.as_deref().is_none_or(|h| Some(h) == request_host)
+                    && under(path.as_str(), &r.path_prefix)
+            };
+            let rank = |r: &Route| (r.host.is_some(), r.path_prefix.len());
+            match table.find(request_host, &path) {
+                None => prop_assert!(!table.routes().iter().any(|r| matches(r))),
+                Some(found) => {
+                    prop_assert!(matches(found), "{} is not under {}", path, found.path_prefix);
+                    let best = table.routes().iter().filter(|r| matches(r)).map(|r| rank(r)).max();
+                    prop_assert_eq!(Some(rank(found)), best);
+                }
+            }
+        }
     }
 }

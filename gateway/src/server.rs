@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use exchange::cache::CacheLimits;
+use exchange::format::{Claim, Field, Fields, FormatSettings, Secret};
 use exchange::store::SessionStore;
 use exchange::store::memory::MemoryStore;
 use exchange::store::redis::{RedisSettings, RedisStore};
@@ -25,7 +27,7 @@ use prometheus::Registry;
 use tracing::{error, info, warn};
 
 use crate::admin::Admin;
-use crate::config::{Config, KeyStoreConfig};
+use crate::config::{Config, KeyStoreConfig, SessionFormat};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, ProxySettings};
 use crate::route::RouteTable;
@@ -49,6 +51,9 @@ pub enum StartError {
     /// A route could not be built.
     #[error("routes")]
     Route(#[from] crate::route::RouteError),
+    /// A secret the config names in the environment is missing or unusable.
+    #[error("{0}")]
+    Secret(String),
     /// A listener could not be set up.
     #[error("listener {addr}: {message}")]
     Listener {
@@ -117,19 +122,90 @@ pub fn algorithm(config: &Config) -> keys::Algorithm {
     }
 }
 
-/// The exchange crate's session settings from a config.
-pub fn session_settings(config: &Config) -> SessionSettings {
+/// The session format a config names, with express's cookie secrets read from the
+/// environment variable `session.secrets_env` (one secret, or a JSON array of secrets,
+/// newest first).
+///
+/// # Errors
+/// [`StartError::Secret`] naming the variable when it is missing, empty, or not a
+/// non-empty array of non-empty strings.
+pub fn format_settings(config: &Config) -> Result<FormatSettings, StartError> {
+    Ok(match config.session.format {
+        SessionFormat::Sessiongate => FormatSettings::Sessiongate {
+            hashed_keys: config.session.hashed_keys,
+        },
+        SessionFormat::Django => FormatSettings::Django,
+        SessionFormat::Express => {
+            let name = config.session.secrets_env.as_deref().unwrap_or_default();
+            let value = std::env::var(name).unwrap_or_default();
+            FormatSettings::Express {
+                secrets: express_secrets(name, &value)?,
+            }
+        }
+    })
+}
+
+/// Parses the value of `session.secrets_env`: a JSON array of strings, or one secret.
+fn express_secrets(name: &str, value: &str) -> Result<Vec<Secret>, StartError> {
+    let missing = || {
+        StartError::Secret(format!(
+            "session.format = \"express\" needs the cookie-signing secret(s) in the environment variable {name} (one secret, or a JSON array of secrets, newest first); it is not set or empty"
+        ))
+    };
+    if value.trim().is_empty() {
+        return Err(missing());
+    }
+    if value.trim_start().starts_with('[') {
+        let list: Vec<String> = serde_json::from_str(value).map_err(|_| {
+            StartError::Secret(format!(
+                "the environment variable {name} starts with '[' but is not a JSON array of strings"
+            ))
+        })?;
+        if list.is_empty() || list.iter().any(String::is_empty) {
+            return Err(StartError::Secret(format!(
+                "the environment variable {name} must list at least one secret, none of them empty"
+            )));
+        }
+        return Ok(list.iter().map(Secret::new).collect());
+    }
+    Ok(vec![Secret::new(value)])
+}
+
+/// The exchange crate's session settings from a config, in `format`.
+///
+/// # Errors
+/// Never for a validated config (its fields are checked pointers).
+pub fn session_settings(config: &Config, format: FormatSettings) -> SessionSettings {
+    let field = |pointer: &str| {
+        Field::parse(pointer)
+            .unwrap_or_else(|_| Field::parse("/").unwrap_or_else(|e| unreachable!("{e}")))
+    };
+    let s = &config.session;
     SessionSettings {
-        cookie: config.session.cookie.clone(),
-        key_prefix: config.session.key_prefix.clone(),
-        hashed_keys: config.session.hashed_keys,
-        cache_ttl: config.session.cache_ttl,
-        negative_cache_ttl: config.session.negative_cache_ttl,
-        cache_max_entries: config.session.cache_max_entries,
-        cache_max_bytes: config.session.cache_max_bytes,
-        token_cache_max_bytes: config.session.token_cache_max_bytes,
-        subject_field: config.session.subject_field.clone(),
-        claims: config.session.claims.clone(),
+        format,
+        cookie: s.cookie.clone(),
+        key_prefix: s.key_prefix.clone(),
+        own_prefix: config.keys.redis_prefix.clone(),
+        fields: Fields {
+            subject: field(&s.subject_field),
+            claims: s
+                .claims
+                .iter()
+                .map(|c| Claim {
+                    name: c.name.clone(),
+                    field: field(&c.pointer),
+                })
+                .collect(),
+        },
+        cache: CacheLimits {
+            ttl: s.cache_ttl,
+            negative_ttl: s.negative_cache_ttl,
+            max_entries: s.cache_max_entries,
+            max_bytes: s.cache_max_bytes,
+            token_max_bytes: s.token_cache_max_bytes,
+            negative_max_entries: CacheLimits::negative_bound(s.cache_max_entries),
+        },
+        stream_recheck: s.stream_recheck,
     }
 }
 
@@ -143,11 +219,12 @@ pub fn redis_settings(config: &Config) -> RedisSettings {
     }
 }
 
-/// Builds the key store a config names.
+/// Builds the key store a config names. A Redis keyring left under the session prefix
+/// by an older release is moved to `keys.redis_prefix` first (once).
 ///
 /// # Errors
-/// [`keys::Error`] when the store cannot be opened.
-pub fn key_store(
+/// [`StartError`] when the store cannot be opened or the KEK is missing.
+pub async fn key_store(
     config: &Config,
     redis: Option<&RedisStore>,
 ) -> Result<Arc<dyn KeyStore>, StartError> {
@@ -159,11 +236,17 @@ pub fn key_store(
                 message: "keys.store = \"redis\" needs the Redis session store".into(),
             })?;
             let kek = crate::keystore::kek_from_env(&config.keys.kek_env)?;
-            Ok(Arc::new(crate::keystore::redis_key_store(
-                redis,
-                &config.session.key_prefix,
-                kek,
-            )))
+            let store = crate::keystore::redis_key_store(redis, &config.keys.redis_prefix, kek);
+            let moved = store.migrate_from(&config.session.key_prefix).await?;
+            if moved > 0 {
+                info!(
+                    records = moved,
+                    from = %config.session.key_prefix,
+                    to = %config.keys.redis_prefix,
+                    "Moved the keyring to keys.redis_prefix; the old keys stay for older replicas (docs/redis-schema.md)."
+                );
+            }
+            Ok(Arc::new(store))
         }
     }
 }
@@ -192,6 +275,8 @@ pub fn assemble(
     upgrade: bool,
 ) -> Result<Assembly, StartError> {
     keys::install_crypto_provider();
+    // Fails at once, naming the variable, when express's secrets are missing.
+    let format = format_settings(config)?;
     if !upgrade {
         // Pingora retries a busy port for 30 s and then panics in a service thread while
         // the process lives on without a proxy listener. Check both addresses first and
@@ -235,7 +320,7 @@ pub fn assemble(
     let policy = rotation_policy(config);
     let keyring = Arc::new(Keyring::new(KeySet::empty()));
     let manager = Arc::new(KeyManager::new(
-        key_store(config, redis.as_ref())?,
+        background.block_on(key_store(config, redis.as_ref()))?,
         keyring.clone(),
         policy,
     ));
@@ -252,10 +337,11 @@ pub fn assemble(
         keyring.clone(),
         &config.token.issuer,
         exchange_metrics.clone(),
-    );
+    )
+    .framed(crate::http::BEARER);
     let exchange = Arc::new(Exchange::new(
         store.clone(),
-        session_settings(config),
+        session_settings(config, format),
         minter,
         exchange_metrics,
     ));
@@ -269,8 +355,7 @@ pub fn assemble(
         (Some(_), true) => {
             let settings = exchange::push::PushSettings {
                 url: config.redis.url.clone(),
-                key_prefix: config.session.key_prefix.clone(),
-                hashed_keys: config.session.hashed_keys,
+                keyspace: exchange.keyspace(),
                 timeout: config.redis.timeout,
                 ca_file: config.redis.ca_file.clone(),
             };
@@ -294,6 +379,8 @@ pub fn assemble(
         settings: settings.clone(),
         exchange: exchange.clone(),
         metrics: metrics.clone(),
+        request_ids: crate::http::forwarding::RequestIds::default(),
+        tunnels: crate::tunnel::connector(),
     };
 
     // SIGHUP also re-reads the TLS certificate (when there is one).
@@ -546,6 +633,18 @@ impl BackgroundService for KeyRefresher {
                     // retries before the delay is up.
                     retry = Some((tokio::time::Instant::now() + delay, delay, version));
                     error!(error = %e, kind = e.kind(), retry_in = ?delay, "Keyring refresh failed; keeping the current keys.");
+                    // What can still be learned: a key retired elsewhere stops signing
+                    // and is unpublished here too.
+                    match self.manager.drop_retired_elsewhere(now).await {
+                        Ok(dropped) if !dropped.is_empty() => {
+                            for kid in &dropped {
+                                warn!(kid = %kid, "A key was retired by another replica or an operator; stopped using it although the keyring cannot be refreshed.");
+                            }
+                            self.metrics
+                                .observe_keys(&self.manager.keyring().load(), now);
+                        }
+                        Ok(_) | Err(_) => {}
+                    }
                 }
             }
         }
