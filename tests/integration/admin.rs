@@ -2,7 +2,7 @@
 //! with the SPEC's metric names and bounded labels (never a subject, session or path).
 
 use crate::harness::ports::dead_addr;
-use crate::harness::{Route, Stack, Upstream, new_cookie, sha256_hex};
+use crate::harness::{Route, Stack, Upstream, assert_refusal, new_cookie, sha256_hex};
 
 #[test]
 fn healthz_and_readyz_are_200_on_the_admin_listener() {
@@ -26,8 +26,12 @@ fn metrics_have_the_spec_names_and_never_leak_subjects_sessions_or_paths() {
     let unknown = new_cookie();
     assert_eq!(s.status("/api/orders/98765431", Some(&cookie)), 200);
     assert_eq!(s.status("/api/billing/98765431", Some(&cookie)), 200);
-    assert_eq!(s.status("/api/orders/98765431", Some(&unknown)), 401);
-    assert_eq!(s.status("/gone/98765431", None), 502);
+    assert_refusal(
+        s.get("/api/orders/98765431", Some(&unknown)),
+        401,
+        "unauthenticated",
+    );
+    assert_refusal(s.get("/gone/98765431", None), 502, "bad_gateway");
 
     let resp = s.http.get(s.gw.admin_url("/metrics")).send().expect("send");
     assert_eq!(resp.status(), 200);

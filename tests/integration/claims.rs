@@ -8,7 +8,8 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    GatewayBuilder, Route, Stack, Upstream, assert_eventually, now, sha256_hex, try_verify, verify,
+    GatewayBuilder, Route, Stack, Upstream, assert_eventually, assert_refusal, now, sha256_hex,
+    try_verify, verify,
 };
 
 fn routes(b: GatewayBuilder, up: &Upstream) -> GatewayBuilder {
@@ -177,7 +178,11 @@ fn subject_field_names_the_session_field_that_becomes_sub() {
 
     // subject_field is required: a session with only `sub` lacks it.
     let only_sub = s.login_json(r#"{"sub": "user-9"}"#);
-    assert_eq!(s.status("/api/billing", Some(&only_sub)), 401);
+    assert_refusal(
+        s.get("/api/billing", Some(&only_sub)),
+        401,
+        "unauthenticated",
+    );
 }
 
 #[test]

@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+use crate::harness::cli::{sg, stderr};
 use crate::harness::gateway::BIN;
 use crate::harness::python::{run, venv};
 
@@ -111,17 +112,12 @@ fn config_check(what: &str, toml_text: &str) -> toml::Table {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("sessiongate.toml");
     std::fs::write(&path, toml_text).expect("write config");
-    let out = Command::new(BIN)
-        .args(["config", "check", "--config"])
-        .arg(&path)
-        .env_remove("SESSIONGATE_CONFIG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sessiongate config check");
+    let path = path.display().to_string();
+    let out = sg(&["config", "check", "--config", &path], None, &[]);
     assert!(
         out.status.success(),
         "the config of {what} fails `sessiongate config check`:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr(&out)
     );
     toml_text.parse().expect("TOML")
 }

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::harness::assert_refusal;
 use crate::harness::eventually::pause;
 use crate::harness::gateway::BIN;
 use crate::harness::ports::free_port;
+use crate::harness::raw::{self, RawResponse};
 
 /// The demo process; SIGKILLed on drop if still running.
 struct Dev {
@@ -113,6 +115,20 @@ fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// What `curl -si` printed, as a response (the body as curl printed it).
+fn response(printed: &str) -> RawResponse {
+    let (head, body) = printed
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {printed:?}"));
+    let (status, headers) =
+        raw::parse_head(head.as_bytes()).unwrap_or_else(|e| panic!("{e}: {printed:?}"));
+    RawResponse {
+        status,
+        headers,
+        body: body.as_bytes().to_vec(),
+    }
+}
+
 fn json(text: &str, cmd: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("`{cmd}` printed no JSON ({e}): {text}"))
 }
@@ -144,18 +160,15 @@ fn dev_demo_commands_work_as_printed() {
         .iter()
         .find(|c| c.ends_with("/api/hello"))
         .expect("a command without the cookie");
-    let anonymous = sh(anonymous_cmd);
-    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    assert_refusal(&response(&sh(anonymous_cmd)), 401, "unauthenticated");
+    let navigation = response(&sh(find("Accept: text/html")));
     assert!(
-        anonymous.contains(r#"{"error":"unauthenticated"}"#),
-        "{anonymous}"
+        navigation
+            .header("location")
+            .is_some_and(|l| l.starts_with("/login")),
+        "{navigation:?}"
     );
-    let navigation = sh(find("Accept: text/html"));
-    assert!(navigation.starts_with("HTTP/1.1 302"), "{navigation}");
-    assert!(
-        navigation.to_ascii_lowercase().contains("location: /login"),
-        "{navigation}"
-    );
+    assert_refusal(&navigation, 302, "unauthenticated");
 
     let critical_cmd = find("/api/critical/pay");
     let critical = json(&sh(critical_cmd), critical_cmd);

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    ALLOWED_ORIGIN, Route, Stack, Upstream, assert_eventually, cookie_header, new_cookie, verify,
+    ALLOWED_ORIGIN, Route, Stack, Upstream, assert_eventually, assert_refusal, cookie_header,
+    new_cookie, verify,
 };
 
 const PATH: &str = "/auth/token";
@@ -82,31 +83,34 @@ fn exchange_refuses_missing_sessions_bad_origins_and_unknown_audiences() {
     let s = start();
     let cookie = s.login("user-spa");
     let body = json!({"audience": "orders-api"});
-    assert_eq!(
-        exchange(&s, None, Some(ALLOWED_ORIGIN), &body).status(),
+    // No cookie.
+    assert_refusal(
+        exchange(&s, None, Some(ALLOWED_ORIGIN), &body),
         401,
-        "no cookie"
+        "unauthenticated",
     );
-    assert_eq!(
-        exchange(&s, Some(&new_cookie()), Some(ALLOWED_ORIGIN), &body).status(),
+    // Unknown session.
+    assert_refusal(
+        exchange(&s, Some(&new_cookie()), Some(ALLOWED_ORIGIN), &body),
         401,
-        "unknown session"
+        "unauthenticated",
     );
-    assert_eq!(
-        exchange(&s, Some(&cookie), Some("https://evil.example.com"), &body).status(),
+    // Foreign origin.
+    assert_refusal(
+        exchange(&s, Some(&cookie), Some("https://evil.example.com"), &body),
         403,
-        "foreign origin"
+        "forbidden",
     );
-    assert_eq!(
+    // Unknown audience.
+    assert_refusal(
         exchange(
             &s,
             Some(&cookie),
             Some(ALLOWED_ORIGIN),
-            &json!({"audience": "nobody"})
-        )
-        .status(),
+            &json!({"audience": "nobody"}),
+        ),
         400,
-        "unknown audience"
+        "bad_request",
     );
     s.redis.del(&s.key(&cookie));
     // Revocation reaches the exchange within the cache bound (cache_ttl 5 s).

@@ -19,10 +19,10 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 
+use crate::harness::cli::{sg, sg_ok, stderr};
 use crate::harness::eventually::poll;
-use crate::harness::gateway::BIN;
 use crate::harness::keyring::{
-    get_jwks, keys_rotate, kid_alg, mint, mint_at, parse_rotate, published, scrape, sg, sg_ok,
+    get_jwks, keys_rotate, kid_alg, mint, mint_at, parse_rotate, published, scrape,
     start_expecting_exit, stored_records, verify_now,
 };
 use crate::harness::{
@@ -332,7 +332,7 @@ fn no_token_minted_during_accelerated_rotations_fails_against_a_jwks_fetched_the
 
     // Both replicas reached every rotation instant together; each rotation added one key
     // (two keys of one rotation would activate in the same second or one apart).
-    let mut activations: Vec<u64> = stored_records(&s.redis, a.key_prefix())
+    let mut activations: Vec<u64> = stored_records(&s.redis, a.keys_prefix())
         .iter()
         .map(|r| r["activate_at"].as_u64().expect("activate_at"))
         .collect();
@@ -351,7 +351,7 @@ fn replicas_reaching_the_rotation_instant_together_create_exactly_one_key() {
         .publish_ahead("1s")
         .set("keys.rotate_every", "2s");
     let replicas: Vec<Gateway> = (0..3).map(|_| builder.start()).collect();
-    let prefix = replicas[0].key_prefix().to_owned();
+    let prefix = replicas[0].keys_prefix().to_owned();
     let http = client();
 
     // Bootstrap plus four rotations, each due on the three replicas at the same instant.
@@ -393,30 +393,18 @@ fn concurrent_keys_rotate_commands_on_several_replicas_add_exactly_one_key() {
         b.config_path().display().to_string(),
     ];
     // Six processes at once, against both replicas' configs.
-    let children: Vec<_> = (0..6)
-        .map(|i| {
-            Command::new(BIN)
-                .args(["keys", "rotate", "--config", &configs[i % 2]])
-                .env_remove("SESSIONGATE_CONFIG")
-                .env("SESSIONGATE_KEK", &s.kek)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn keys rotate")
-        })
-        .collect();
-    let mut outcomes = Vec::new();
-    for child in children {
-        let out = child.wait_with_output().expect("wait keys rotate");
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        outcomes.push(parse_rotate(&String::from_utf8_lossy(&out.stdout)));
-    }
+    let env = s.kek_env();
+    let outcomes: Vec<(String, bool)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..6)
+            .map(|i| {
+                let (config, env) = (&configs[i % 2], &env);
+                scope.spawn(move || sg_ok(&["keys", "rotate", "--config", config], env))
+            })
+            .collect();
+        runs.into_iter()
+            .map(|run| parse_rotate(&run.join().expect("keys rotate")))
+            .collect()
+    });
     let created: Vec<&(String, bool)> = outcomes.iter().filter(|(_, c)| *c).collect();
     assert_eq!(
         created.len(),
@@ -428,7 +416,7 @@ fn concurrent_keys_rotate_commands_on_several_replicas_add_exactly_one_key() {
         outcomes.iter().all(|(k, _)| k == kid),
         "the others name the same pending key: {outcomes:?}"
     );
-    assert_eq!(stored_records(&s.redis, a.key_prefix()).len(), 2);
+    assert_eq!(stored_records(&s.redis, a.keys_prefix()).len(), 2);
     let http = client();
     assert_eventually!(
         published(&http, &a).contains(kid) && published(&http, &b).contains(kid),
@@ -441,7 +429,7 @@ fn a_wrong_kek_is_refused_on_an_empty_keyring_and_seals_nothing() {
     let s = Shared::start();
     let builder = s.builder(false);
     let a = builder.start();
-    let prefix = a.key_prefix().to_owned();
+    let prefix = a.keys_prefix().to_owned();
     drop(a);
     // An emptied keyring (keys gone, the check value kept): nothing to unseal, yet a
     // replica with another KEK must not seal the first key under it.
@@ -462,7 +450,7 @@ fn a_wrong_kek_is_refused_on_an_empty_keyring_and_seals_nothing() {
     );
     // The right KEK still starts and creates the first key.
     let b = builder.start();
-    assert_eq!(stored_records(&s.redis, b.key_prefix()).len(), 1);
+    assert_eq!(stored_records(&s.redis, b.keys_prefix()).len(), 1);
 }
 
 #[test]
@@ -470,7 +458,7 @@ fn a_wrong_missing_or_malformed_kek_fails_start_up_with_exit_code_1() {
     let s = Shared::start();
     let builder = s.builder(false);
     let a = builder.start();
-    let records = stored_records(&s.redis, a.key_prefix());
+    let records = stored_records(&s.redis, a.keys_prefix());
     assert_eq!(records.len(), 1);
     let kid = records[0]["kid"].as_str().expect("kid").to_owned();
     let wrong = new_kek();
@@ -516,12 +504,13 @@ fn a_wrong_missing_or_malformed_kek_fails_start_up_with_exit_code_1() {
     let config = a.config_path().display().to_string();
     let out = sg(
         &["keys", "list", "--config", &config],
+        None,
         &[("SESSIONGATE_KEK", wrong.as_str())],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot unseal private key"));
+    assert!(stderr(&out).contains("cannot unseal private key"));
     // Nothing was changed by the refused starts, and the running replica still serves.
-    assert_eq!(stored_records(&s.redis, a.key_prefix()), records);
+    assert_eq!(stored_records(&s.redis, a.keys_prefix()), records);
     let cookie = s.login(a.key_prefix(), "alice");
     let http = client();
     let token = mint(&http, &a, "/api/orders", &cookie).expect("A still mints");
@@ -534,7 +523,7 @@ fn nothing_in_redis_holds_a_private_key_in_clear() {
     let es = s.builder(false).start();
     // A second replica with the other algorithm adds an EdDSA key to the same keyring.
     let ed = s.builder(false).algorithm("EdDSA").start();
-    let prefix = es.key_prefix().to_owned();
+    let prefix = es.keys_prefix().to_owned();
     let records = stored_records(&s.redis, &prefix);
     let algs: BTreeSet<&str> = records.iter().filter_map(|r| r["alg"].as_str()).collect();
     assert_eq!(algs, BTreeSet::from(["ES256", "EdDSA"]), "{records:?}");
@@ -704,7 +693,7 @@ fn retiring_a_key_removes_it_from_every_replica_at_once_and_it_never_signs_again
         let m = scrape(&http, gw);
         assert!(m.value("sessiongate_tokens_minted_total", &[("kid", &replacement)]) >= 1.0);
     }
-    let stored: Vec<String> = stored_records(&s.redis, a.key_prefix())
+    let stored: Vec<String> = stored_records(&s.redis, a.keys_prefix())
         .iter()
         .map(|r| r["kid"].as_str().expect("kid").to_owned())
         .collect();
@@ -715,10 +704,11 @@ fn retiring_a_key_removes_it_from_every_replica_at_once_and_it_never_signs_again
     // Retiring it again: it is gone, exit 1 naming it.
     let out = sg(
         &["keys", "retire", "--config", &config, &retired],
+        None,
         &s.kek_env(),
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("key {retired} not found")));
+    assert!(stderr(&out).contains(&format!("key {retired} not found")));
 }
 
 /// Where the migrating client mints and fetches the JWKS.
@@ -973,9 +963,9 @@ fn a_file_key_store_mounted_like_a_kubernetes_secret_is_reloaded_without_restart
 fn key_metrics_report_states_rotation_age_failures_and_tokens_by_kid() {
     let s = Shared::start();
     let gw = s.builder(false).start();
-    let prefix = gw.key_prefix().to_owned();
+    let prefix = gw.keys_prefix().to_owned();
     let http = client();
-    let cookie = s.login(&prefix, "alice");
+    let cookie = s.login(gw.key_prefix(), "alice");
     let m = scrape(&http, &gw);
     let states = |m: &crate::harness::keyring::Scrape| {
         ["next", "current", "previous"]
@@ -1046,6 +1036,45 @@ fn key_metrics_report_states_rotation_age_failures_and_tokens_by_kid() {
     assert_eventually!(
         mint(&http, &gw, "/api/orders", &cookie).is_ok_and(|t| kid_alg(&t).0 == k2),
         CONVERGENCE * 2
+    );
+}
+
+#[test]
+fn a_key_retired_elsewhere_stops_signing_on_a_replica_that_cannot_refresh() {
+    let s = Shared::start();
+    let gw = s.builder(false).start();
+    let prefix = gw.keys_prefix().to_owned();
+    let http = client();
+    let cookie = s.login(gw.key_prefix(), "alice");
+    let k0 = published(&http, &gw).into_iter().next().expect("a key");
+    let (k1, _) = keys_rotate(&gw, Some(&s.kek), true);
+    assert_eventually!(
+        mint(&http, &gw, "/api/orders", &cookie).is_ok_and(|t| kid_alg(&t).0 == k1),
+        CONVERGENCE * 2
+    );
+
+    // The keyring cannot be loaded any more (a corrupt record), and then k1 is retired
+    // elsewhere: its record rewritten as another replica's `keys retire` would.
+    let ring = format!("{prefix}keyring");
+    let version = format!("{prefix}keyring:version");
+    s.redis.cli(&["HSET", &ring, "bogus", "not a key record"]);
+    let record = s.redis.cli(&["HGET", &ring, &k1]);
+    let retired = record.replace(r#""retired_at":null"#, r#""retired_at":1767225600"#);
+    assert_ne!(record, retired, "the record names its retirement: {record}");
+    s.redis.cli(&["HSET", &ring, &k1, &retired]);
+    s.redis.cli(&["INCR", &version]);
+
+    // The replica learns it anyway: k1 is unpublished and never signs again; the key
+    // it had before (still valid) signs; the failure is counted and logged.
+    assert_eventually!(!published(&http, &gw).contains(&k1), CONVERGENCE * 2);
+    let token = mint(&http, &gw, "/api/orders", &cookie).expect("minting with k0");
+    assert_eq!(kid_alg(&token).0, k0);
+    assert!(published(&http, &gw).contains(&k0));
+    assert!(scrape(&http, &gw).value("sessiongate_key_rotation_failures_total", &[]) >= 1.0);
+    assert_eventually!(
+        gw.logs()
+            .contains("retired by another replica or an operator"),
+        Duration::from_secs(5)
     );
 }
 

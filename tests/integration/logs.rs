@@ -8,15 +8,17 @@
 //! the test here drives one gateway through every path at `trace` so that check sees
 //! everything the gateway and its libraries can print.
 
+use std::cell::Cell;
 use std::time::Duration;
 
+use reqwest::blocking::Response;
 use serde_json::{Value, json};
 
 use crate::harness::ports::dead_addr;
 use crate::harness::secrets;
 use crate::harness::{
-    ALLOWED_ORIGIN, Route, Stack, Upstream, assert_eventually, cookie_header, new_cookie, new_kek,
-    raw,
+    ALLOWED_ORIGIN, Route, Stack, Upstream, assert_eventually, assert_refusal, cookie_header,
+    new_cookie, new_kek, raw,
 };
 
 const ACCESS: &str = "sessiongate::access";
@@ -82,44 +84,46 @@ fn no_cookie_token_or_key_reaches_the_logs_even_at_trace() {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        req.send()
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-            .status()
-            .as_u16()
+        req.send().unwrap_or_else(|e| panic!("GET {path}: {e}"))
     };
     let with_cookie = |c: &str| vec![("cookie", format!("theme=dark; {}", cookie_header(c)))];
-    let mut expected = 0;
-    let mut expect = |got: u16, want: u16, what: &str| {
-        assert_eq!(got, want, "{what}");
-        expected += 1;
+    // Every request below makes one access line.
+    let expected = Cell::new(0);
+    let ok = |resp: Response, what: &str| {
+        assert_eq!(resp.status(), 200, "{what}");
+        expected.set(expected.get() + 1);
+    };
+    let refused = |resp: Response, status: u16, code: &str| {
+        assert_refusal(resp, status, code);
+        expected.set(expected.get() + 1);
     };
 
     // Success: minted, then reused from the cache; a critical route; the client's own
     // Authorization header (dropped) and a query string.
     let mut headers = with_cookie(&cookie);
     headers.push(("authorization", format!("Bearer {client_secret}")));
-    expect(get("/api/orders/1", &headers), 200, "valid session");
-    expect(
+    ok(get("/api/orders/1", &headers), "valid session");
+    ok(
         get(&format!("/api/orders/2?token={query_secret}"), &headers),
-        200,
         "valid session, cached",
     );
-    expect(get("/api/billing", &with_cookie(&cookie)), 200, "critical");
-    expect(get("/public", &[]), 200, "auth none");
-    // Refusals.
-    expect(get("/api/orders", &[]), 401, "no cookie");
-    expect(
+    ok(get("/api/billing", &with_cookie(&cookie)), "critical");
+    ok(get("/public", &[]), "auth none");
+    // Refusals: no cookie, an unknown one, a malformed one, a bad origin, no route, a
+    // dead upstream, a path that cannot be normalized.
+    refused(get("/api/orders", &[]), 401, "unauthenticated");
+    refused(
         get("/api/orders", &with_cookie(&new_cookie())),
         401,
-        "unknown",
+        "unauthenticated",
     );
-    expect(
+    refused(
         get(
             "/api/orders",
             &[("cookie", format!("__Host-session={malformed}"))],
         ),
         401,
-        "malformed",
+        "unauthenticated",
     );
     let post = s
         .http
@@ -128,17 +132,19 @@ fn no_cookie_token_or_key_reaches_the_logs_even_at_trace() {
         .header("origin", "https://evil.example")
         .send()
         .expect("POST");
-    expect(post.status().as_u16(), 403, "bad origin");
-    expect(get("/nowhere", &[]), 404, "no route");
-    expect(get("/gone", &[]), 502, "dead upstream");
+    refused(post, 403, "forbidden");
+    refused(get("/nowhere", &[]), 404, "not_found");
+    refused(get("/gone", &[]), 502, "bad_gateway");
     let bad_path = raw::get(
         s.gw.addr(),
         "/api/orders/%2Fx",
         &[("cookie", cookie_header(&cookie).as_str())],
     )
     .expect("raw GET");
-    expect(bad_path.status, 400, "bad path");
-    // The exchange endpoint: a token in the response body, and refusals.
+    assert_refusal(&bad_path, 400, "bad_request");
+    expected.set(expected.get() + 1);
+    // The exchange endpoint: a token in the response body, and refusals (a bad origin,
+    // an unknown audience).
     let exchange = |origin: &str, audience: &str| {
         s.http
             .post(s.gw.url("/auth/token"))
@@ -150,44 +156,41 @@ fn no_cookie_token_or_key_reaches_the_logs_even_at_trace() {
             .expect("POST /auth/token")
     };
     let resp = exchange(ALLOWED_ORIGIN, "orders");
-    expect(resp.status().as_u16(), 200, "exchange");
+    assert_eq!(resp.status(), 200, "exchange");
+    expected.set(expected.get() + 1);
     let body: Value = resp.json().expect("JSON");
     let token = body["access_token"].as_str().expect("access_token");
     secrets::record("exchanged token", token);
-    expect(
-        exchange("https://evil.example", "orders").status().as_u16(),
-        403,
-        "exchange, bad origin",
-    );
-    expect(
-        exchange(ALLOWED_ORIGIN, "nobody").status().as_u16(),
-        400,
-        "exchange, unknown audience",
-    );
+    refused(exchange("https://evil.example", "orders"), 403, "forbidden");
+    refused(exchange(ALLOWED_ORIGIN, "nobody"), 400, "bad_request");
     // Revoked on a critical route.
     let revoked = s.login("user-revoked");
-    expect(get("/api/billing", &with_cookie(&revoked)), 200, "critical");
+    ok(get("/api/billing", &with_cookie(&revoked)), "critical");
     s.redis.del(&s.key(&revoked));
-    expect(get("/api/billing", &with_cookie(&revoked)), 401, "revoked");
+    refused(
+        get("/api/billing", &with_cookie(&revoked)),
+        401,
+        "unauthenticated",
+    );
     // Redis down: the critical route refuses, the cached session still serves (once it
-    // really is cached).
+    // really is cached), an unknown session is refused.
     s.warm("/api/orders", &cookie);
     s.redis.stop();
-    expect(
+    refused(
         get("/api/billing", &with_cookie(&cookie)),
         503,
-        "Redis down, critical",
+        "unavailable",
     );
-    expect(
+    ok(
         get("/api/orders", &with_cookie(&cookie)),
-        200,
         "Redis down, cached",
     );
-    expect(
+    refused(
         get("/api/orders", &with_cookie(&new_cookie())),
         503,
-        "Redis down, unknown session",
+        "unavailable",
     );
+    let expected = expected.get();
 
     assert_eventually!(
         access_lines(&s.gw.stderr()).len() >= expected,
@@ -248,7 +251,11 @@ fn json_lines_parse_and_carry_the_access_fields() {
     let cookie = s.login("user-json");
     assert_eq!(s.status("/api/orders/7", Some(&cookie)), 200);
     let kid = kid_of(s.up.last().bearer());
-    assert_eq!(s.status("/api/orders/7", Some(&new_cookie())), 401);
+    assert_refusal(
+        s.get("/api/orders/7", Some(&new_cookie())),
+        401,
+        "unauthenticated",
+    );
 
     let mut lines: Vec<Value> = Vec::new();
     assert_eventually!(
@@ -306,10 +313,10 @@ fn human_lines_give_one_access_line_per_request() {
     assert_eq!(s.status("/api/orders/1", Some(&cookie)), 200);
     let kid = kid_of(s.up.last().bearer());
     assert_eq!(s.status("/api/billing/2", Some(&cookie)), 200);
-    assert_eq!(s.status("/api/orders", None), 401);
-    assert_eq!(s.status("/nowhere", None), 404);
+    assert_refusal(s.get("/api/orders", None), 401, "unauthenticated");
+    assert_refusal(s.get("/nowhere", None), 404, "not_found");
     assert_eq!(s.status("/.well-known/jwks.json", None), 200);
-    assert_eq!(s.status("/gone", None), 502);
+    assert_refusal(s.get("/gone", None), 502, "bad_gateway");
     let requests = 6;
 
     assert_eventually!(

@@ -8,15 +8,19 @@
 mod harness;
 
 mod admin;
+mod chaos;
 mod claims;
 mod cli;
 mod deploy;
 mod dev;
+mod edge;
 mod exchange;
+mod frameworks;
 mod headers;
 mod interop;
 mod jwks;
 mod keyring;
+mod keystore;
 mod lifecycle;
 mod logs;
 mod monitoring;
@@ -25,6 +29,7 @@ mod revocation;
 mod robustness;
 mod routing;
 mod status_table;
+mod streams;
 mod tls;
 mod topology;
 mod verifying;

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::harness::ports::dead_addr;
 use crate::harness::prometheus::PrometheusServer;
 use crate::harness::python::run;
-use crate::harness::{Route, Stack, Upstream, assert_eventually, new_cookie};
+use crate::harness::{Route, Stack, Upstream, assert_eventually, assert_refusal, new_cookie};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -408,8 +408,12 @@ fn scrape_after_everything() -> (Exported, String) {
         assert_eq!(s.status("/api/orders/1", Some(&alice)), 200);
     }
     assert_eq!(s.status("/api/payments/1", Some(&alice)), 200);
-    assert_eq!(s.status("/api/orders/1", Some(&new_cookie())), 401);
-    assert_eq!(s.status("/gone/1", None), 502);
+    assert_refusal(
+        s.get("/api/orders/1", Some(&new_cookie())),
+        401,
+        "unauthenticated",
+    );
+    assert_refusal(s.get("/gone/1", None), 502, "bad_gateway");
     // A revocation: the push channel invalidates the cached session.
     // (Within cache_ttl even if the channel is slow to arm on a loaded machine.)
     s.redis.del(&s.key(&alice));
@@ -597,7 +601,7 @@ fn redis_failures_are_counted_by_command_and_kind() {
     // Redis holds every command for 5 s: the critical route's GET passes redis.timeout
     // (250 ms), answers 503 and is counted as a timeout.
     s.redis.cli(&["CLIENT", "PAUSE", "5000"]);
-    assert_eq!(s.status("/api/payments/1", Some(&cookie)), 503);
+    assert_refusal(s.get("/api/payments/1", Some(&cookie)), 503, "unavailable");
     assert!(errors(&s, "timeout") >= 1.0, "a paused Redis is a timeout");
 
     // Redis gone: commands fail at once as disconnected.

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use parking_lot::Mutex;
+use reqwest::blocking::Response;
 use serde_json::{Value, json};
 
 use crate::harness::ports::free_port;
 use crate::harness::scrape::value;
 use crate::harness::{
-    Gateway, GatewayBuilder, RedisServer, Route, Upstream, assert_eventually, client,
-    cookie_header, fetch_jwks, new_cookie, now, session_key, verify,
+    Gateway, GatewayBuilder, RedisServer, Route, Upstream, assert_eventually, assert_refusal,
+    client, cookie_header, fetch_jwks, new_cookie, now, session_key, verify,
 };
 
 const ORIGIN_A: &str = "https://a.example";
@@ -84,25 +85,21 @@ fn login(redis: &RedisServer, gw: &Gateway, sub: &str) -> String {
     cookie
 }
 
-fn get(gw: &Gateway, path: &str, cookie: &str) -> u16 {
+fn get(gw: &Gateway, path: &str, cookie: &str) -> Response {
     client()
         .get(gw.url(path))
         .header("cookie", cookie_header(cookie))
         .send()
         .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-        .status()
-        .as_u16()
 }
 
-fn post(gw: &Gateway, path: &str, cookie: &str, origin: &str) -> u16 {
+fn post(gw: &Gateway, path: &str, cookie: &str, origin: &str) -> Response {
     client()
         .post(gw.url(path))
         .header("cookie", cookie_header(cookie))
         .header("origin", origin)
         .send()
         .unwrap_or_else(|e| panic!("POST {path}: {e}"))
-        .status()
-        .as_u16()
 }
 
 /// The claims of the last token `up` received, verified against the gateway's JWKS.
@@ -122,13 +119,17 @@ fn a_valid_reload_swaps_routes_upstreams_audiences_flags_claims_origins_and_cach
     let gw = v1.start();
     let cookie = login(&redis, &gw, "user-reload");
 
-    assert_eq!(get(&gw, "/api/orders", &cookie), 200);
+    assert_eq!(get(&gw, "/api/orders", &cookie).status(), 200);
     assert_eq!((one.count(), two.count()), (1, 0));
     let claims = last_claims(&gw, &one, "orders-v1");
     assert_eq!(claims["roles"], json!(["admin"]));
     assert!(claims.get("email").is_none() && claims.get("chk").is_none());
-    assert_eq!(post(&gw, "/api/orders", &cookie, ORIGIN_B), 403);
-    assert_eq!(get(&gw, "/api/new", &cookie), 404);
+    assert_refusal(
+        post(&gw, "/api/orders", &cookie, ORIGIN_B),
+        403,
+        "forbidden",
+    );
+    assert_refusal(get(&gw, "/api/new", &cookie), 404, "not_found");
 
     let v2 = base(&redis)
         .claims(&["email"])
@@ -141,7 +142,7 @@ fn a_valid_reload_swaps_routes_upstreams_audiences_flags_claims_origins_and_cach
         .route(Route::new("new", "/api/new", &[one.addr()]));
     reload(&gw, &v2, "ok");
 
-    assert_eq!(get(&gw, "/api/orders", &cookie), 200);
+    assert_eq!(get(&gw, "/api/orders", &cookie).status(), 200);
     assert_eq!(
         (one.count(), two.count()),
         (1, 1),
@@ -151,24 +152,33 @@ fn a_valid_reload_swaps_routes_upstreams_audiences_flags_claims_origins_and_cach
     assert_eq!(claims["email"], "u@example.com", "the new claims");
     assert!(claims.get("roles").is_none(), "the old claims are gone");
     assert!(claims.get("chk").is_some(), "the route is critical now");
-    assert_eq!(post(&gw, "/api/orders", &cookie, ORIGIN_B), 200);
-    assert_eq!(post(&gw, "/api/orders", &cookie, ORIGIN_A), 403);
-    assert_eq!(get(&gw, "/api/new", &cookie), 200, "the new route");
+    assert_eq!(post(&gw, "/api/orders", &cookie, ORIGIN_B).status(), 200);
+    assert_refusal(
+        post(&gw, "/api/orders", &cookie, ORIGIN_A),
+        403,
+        "forbidden",
+    );
+    assert_eq!(get(&gw, "/api/new", &cookie).status(), 200, "the new route");
     assert_eq!(one.count(), 2);
     assert!(gw.stderr().contains("Config reloaded."), "{}", gw.logs());
 
     // cache_ttl: a revoked session stays trusted from the cache for up to 60 s, until a
     // reload shortens the window to 1 s, which applies to cached entries at once.
     let cached = login(&redis, &gw, "user-cached");
-    assert_eq!(get(&gw, "/api/new", &cached), 200);
+    assert_eq!(get(&gw, "/api/new", &cached).status(), 200);
     redis.del(&session_key(gw.key_prefix(), &cached));
-    assert_eq!(get(&gw, "/api/new", &cached), 200, "trusted from the cache");
+    assert_eq!(
+        get(&gw, "/api/new", &cached).status(),
+        200,
+        "trusted from the cache"
+    );
     reload(&gw, &v2.cache_ttl("1s"), "ok");
     assert_eventually!(
-        get(&gw, "/api/new", &cached) == 401,
+        get(&gw, "/api/new", &cached).status() == 401,
         Duration::from_secs(10),
         "the shorter cache window did not apply"
     );
+    assert_refusal(get(&gw, "/api/new", &cached), 401, "unauthenticated");
 }
 
 #[test]
@@ -189,7 +199,11 @@ fn an_invalid_config_is_refused_logged_counted_and_the_running_one_kept() {
     let invalid: [(&str, String); 4] = [
         (
             "an unknown key",
-            format!("{good}\n[metrics]\nenabled = true\n"),
+            to_two.clone().set("metrics.enabled", true).toml(
+                gw.addr(),
+                gw.admin_addr(),
+                &key_dir(&gw),
+            ),
         ),
         ("bad TOML", format!("{good}\n[[route]\n")),
         (
@@ -214,7 +228,7 @@ fn an_invalid_config_is_refused_logged_counted_and_the_running_one_kept() {
     for (n, (what, text)) in invalid.iter().enumerate() {
         std::fs::write(gw.config_path(), text).expect("write config");
         hup_and_wait(&gw, "error", n as f64);
-        assert_eq!(get(&gw, "/api/orders", &cookie), 200, "{what}");
+        assert_eq!(get(&gw, "/api/orders", &cookie).status(), 200, "{what}");
         assert_eq!(two.count(), 0, "{what}: the refused config was applied");
     }
     assert_eq!(reloads(&gw, "ok"), 0.0);
@@ -239,7 +253,7 @@ fn an_invalid_config_is_refused_logged_counted_and_the_running_one_kept() {
 
     // A valid file afterwards is applied.
     reload(&gw, &to_two, "ok");
-    assert_eq!(get(&gw, "/api/orders", &cookie), 200);
+    assert_eq!(get(&gw, "/api/orders", &cookie).status(), 200);
     assert_eq!(two.count(), 1);
 }
 
@@ -263,7 +277,7 @@ fn changes_that_need_a_restart_are_named_and_the_rest_applied() {
         assert!(lines[0].contains(key), "{key} not named: {}", lines[0]);
     }
     // The hot part applied; the listener and the issuer did not change.
-    assert_eq!(get(&gw, "/api/orders", &cookie), 200);
+    assert_eq!(get(&gw, "/api/orders", &cookie).status(), 200);
     assert_eq!(two.count(), 1);
     let jwks = fetch_jwks(&client(), &gw.admin_url("/.well-known/jwks.json"));
     verify(two.last().bearer(), &jwks, "orders", gw.issuer());

@@ -11,20 +11,20 @@
 //! the push path (or the cache bypass while it is down) can meet it. The distribution in
 //! milliseconds is measured by `benches/revocation`, not here.
 
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use reqwest::blocking::Response;
 use serde_json::{Value, json};
 
+use crate::harness::cli::sg_ok;
 use crate::harness::eventually::poll;
-use crate::harness::gateway::BIN;
 use crate::harness::metrics::{Scrape, push_armed, tracking_clients};
 use crate::harness::{
-    ALLOWED_ORIGIN, GatewayBuilder, RedisServer, Route, Stack, Upstream, assert_eventually, client,
-    cookie_header, new_cookie, raw, session_json, session_key,
+    ALLOWED_ORIGIN, GatewayBuilder, RedisServer, Route, Stack, Upstream, assert_eventually,
+    assert_refusal, client, cookie_header, new_cookie, raw, session_json, session_key,
 };
 
 /// With the push channel up, the most a non-critical route may keep serving a deleted
@@ -147,8 +147,7 @@ fn critical_route_refuses_the_very_next_request_after_del_even_under_load() {
             assert_eq!(s.status("/api/orders", Some(&cookie)), 200, "round {i}");
             s.redis.del(&s.key(&cookie));
             // No polling: the very next request.
-            let resp = s.get("/api/billing", Some(&cookie));
-            assert_eq!(resp.status(), 401, "round {i}: the request right after DEL");
+            assert_refusal(s.get("/api/billing", Some(&cookie)), 401, "unauthenticated");
         }
     });
     assert!(sent >= 30, "the load threads sent only {sent} requests");
@@ -203,11 +202,8 @@ fn without_push_a_non_critical_route_refuses_within_cache_ttl() {
         right_after == 200 || fetched.elapsed() >= ttl,
         "without push the cached session is trusted within cache_ttl, got {right_after}"
     );
-    assert_eq!(
-        s.status("/api/billing", Some(&cookie)),
-        401,
-        "critical: at once"
-    );
+    // Critical: at once.
+    assert_refusal(s.get("/api/billing", Some(&cookie)), 401, "unauthenticated");
     // The live check dropped the entry: use a second session for the cache_ttl bound.
     let other = s.login("user-2");
     let fetched = Instant::now();
@@ -218,7 +214,8 @@ fn without_push_a_non_critical_route_refuses_within_cache_ttl() {
     });
     assert!(fetched.elapsed() <= ttl + SLACK + SLACK);
     for _ in 0..5 {
-        assert_eq!(s.status("/api/orders", Some(&other)), 401, "stays refused");
+        // Stays refused.
+        assert_refusal(s.get("/api/orders", Some(&other)), 401, "unauthenticated");
     }
     let m = Scrape::of(&s.gw);
     assert_eq!(
@@ -285,7 +282,7 @@ fn killing_the_push_connection_never_lets_a_revoked_session_through() {
         // may ever arrive, and still the session is refused within the push bound.
         s.redis.del(&s.key(&cookie));
         refused_within(&s, "/api/orders", &cookie, PUSH_BOUND, "after CLIENT KILL");
-        assert_eq!(s.status("/api/billing", Some(&cookie)), 401);
+        assert_refusal(s.get("/api/billing", Some(&cookie)), 401, "unauthenticated");
         // The channel comes back on a new connection, and works again.
         assert_eventually!(
             push_armed(&s.gw) && tracking_clients(&s.redis).first() != Some(&tracking[0]),
@@ -348,11 +345,8 @@ fn while_the_push_channel_is_down_the_cache_is_bypassed_and_re_arming_flushes_it
     // Deleted while nothing can tell the gateway: refused on the very next request,
     // because the cache is bypassed.
     s.redis.del(&s.key(&a));
-    assert_eq!(
-        s.status("/api/orders", Some(&a)),
-        401,
-        "cache bypassed while push is down"
-    );
+    // Cache bypassed while push is down.
+    assert_refusal(s.get("/api/orders", Some(&a)), 401, "unauthenticated");
     // Still valid sessions are served, each request read from Redis.
     let lookups = s.redis.key_lookups();
     for _ in 0..3 {
@@ -375,11 +369,8 @@ fn while_the_push_channel_is_down_the_cache_is_bypassed_and_re_arming_flushes_it
 
     s.redis.cli(&["ACL", "SETUSER", "gw", "+client|tracking"]);
     wait_armed(&s.gw);
-    assert_eq!(
-        s.status("/api/orders", Some(&c)),
-        401,
-        "re-arming flushed what may have missed an invalidation"
-    );
+    // Re-arming flushed what may have missed an invalidation.
+    assert_refusal(s.get("/api/orders", Some(&c)), 401, "unauthenticated");
     assert_eq!(s.status("/api/orders", Some(&b)), 200);
     // Served from the cache again.
     let hits = cache_event(&Scrape::of(&s.gw), "hit");
@@ -402,11 +393,8 @@ fn redis_outage_serves_cached_sessions_no_older_than_cache_ttl_then_503_and_reco
     s.warm("/api/orders", &cookie);
 
     s.redis.stop();
-    assert_eq!(
-        s.status("/api/billing", Some(&cookie)),
-        503,
-        "critical: 503 at once"
-    );
+    // Critical: 503 at once.
+    assert_refusal(s.get("/api/billing", Some(&cookie)), 503, "unavailable");
     let served = s.status("/api/orders", Some(&cookie));
     assert!(
         served == 200 || fetched.elapsed() >= ttl,
@@ -422,7 +410,7 @@ fn redis_outage_serves_cached_sessions_no_older_than_cache_ttl_then_503_and_reco
         "503 only once the cached session is older than cache_ttl"
     );
     for _ in 0..3 {
-        assert_eq!(s.status("/api/orders", Some(&cookie)), 503);
+        assert_refusal(s.get("/api/orders", Some(&cookie)), 503, "unavailable");
     }
     let readyz = || {
         raw::get(s.gw.admin_addr(), "/readyz", &[])
@@ -461,7 +449,7 @@ fn redis_outage_serves_cached_sessions_no_older_than_cache_ttl_then_503_and_reco
     wait_armed(&s.gw);
     assert_eq!(s.status("/api/orders", Some(&back)), 200);
     // The restarted Redis has no session for the old cookie.
-    assert_eq!(s.status("/api/orders", Some(&cookie)), 401);
+    assert_refusal(s.get("/api/orders", Some(&cookie)), 401, "unauthenticated");
 }
 
 #[test]
@@ -542,26 +530,14 @@ fn a_session_key_that_expires_is_not_trusted_past_its_ttl_even_without_push() {
     assert!(written.elapsed() >= Duration::from_secs(1));
 }
 
-/// Runs `sessiongate ARGS` (no inherited config env) and asserts it exits 0.
-fn sg(args: &[&str]) -> Output {
-    let out = Command::new(BIN)
-        .args(args)
-        .env_remove("SESSIONGATE_CONFIG")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run sessiongate");
-    assert!(
-        out.status.success(),
-        "sessiongate {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn create_session(s: &Stack, sub: &str) -> String {
     let config = s.gw.config_path().display().to_string();
-    let out = sg(&["session", "create", "--config", &config, "--sub", sub]);
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    sg_ok(
+        &["session", "create", "--config", &config, "--sub", sub],
+        &[],
+    )
+    .trim()
+    .to_owned()
 }
 
 /// `revoke-user` on a stack; returns how long after it a non-critical route took to
@@ -575,10 +551,11 @@ fn revoke_user_on(s: &Stack, bound: Duration) -> Duration {
         assert_eq!(s.status("/api/billing", Some(c)), 200);
     }
     let config = s.gw.config_path().display().to_string();
-    sg(&["session", "revoke-user", "--config", &config, "bob"]);
+    sg_ok(&["session", "revoke-user", "--config", &config, "bob"], &[]);
     let revoked = Instant::now();
     for c in &bob {
-        assert_eq!(s.status("/api/billing", Some(c)), 401, "critical: at once");
+        // Critical: at once.
+        assert_refusal(s.get("/api/billing", Some(c)), 401, "unauthenticated");
     }
     for c in &bob {
         refused_within(s, "/api/orders", c, bound, "revoke-user");
@@ -610,16 +587,21 @@ fn revoke_user_takes_effect_within_cache_ttl_without_push() {
     revoke_user_on(&s, Duration::from_secs(2) + SLACK);
 }
 
-fn exchange_token(s: &Stack, cookie: &str) -> (u16, Option<String>) {
-    let resp = s
-        .http
+/// `POST /auth/token` for the audience `orders` with `cookie`, from the allowed origin.
+fn exchange(s: &Stack, cookie: &str) -> Response {
+    s.http
         .post(s.gw.url("/auth/token"))
         .header("cookie", cookie_header(cookie))
         .header("origin", ALLOWED_ORIGIN)
         .header("content-type", "application/json")
         .body(json!({"audience": "orders"}).to_string())
         .send()
-        .expect("POST /auth/token");
+        .expect("POST /auth/token")
+}
+
+/// [`exchange`]: the status and the `jti` of the token it answered, if any.
+fn exchange_token(s: &Stack, cookie: &str) -> (u16, Option<String>) {
+    let resp = exchange(s, cookie);
     let status = resp.status().as_u16();
     let body: Value = resp.json().unwrap_or(Value::Null);
     let jti = body["access_token"]
@@ -643,7 +625,8 @@ fn a_cached_token_of_a_revoked_session_is_never_handed_out_again() {
 
     s.redis.del(&s.key(&cookie));
     refused_within(&s, "/api/orders", &cookie, PUSH_BOUND, "push on");
-    assert_eq!(exchange_token(&s, &cookie).0, 401, "exchange endpoint too");
+    // The exchange endpoint too.
+    assert_refusal(exchange(&s, &cookie), 401, "unauthenticated");
 
     // The same session is written again under the same cookie: it is valid, but the
     // tokens minted before its revocation are gone for good.
@@ -668,10 +651,12 @@ fn a_live_check_that_finds_the_session_gone_drops_its_cached_tokens_even_without
     assert_eq!(s.status("/api/orders", Some(&cookie)), 200);
     assert_eq!(last_jti(&s), first);
     s.redis.del(&s.key(&cookie));
-    assert_eq!(s.status("/api/billing", Some(&cookie)), 401, "critical");
+    // Critical.
+    assert_refusal(s.get("/api/billing", Some(&cookie)), 401, "unauthenticated");
     // The live check replaced the cached session with "gone", tokens and all, so the
     // non-critical route refuses at once too although push is off and cache_ttl is 30 s.
-    assert_eq!(s.status("/api/orders", Some(&cookie)), 401, "non-critical");
+    // Non-critical.
+    assert_refusal(s.get("/api/orders", Some(&cookie)), 401, "unauthenticated");
     s.redis.set_session(&s.key(&cookie), &session, 3600);
     // The negative entry lasts at most negative_cache_ttl (1 s).
     assert_eventually!(
@@ -686,12 +671,9 @@ fn the_negative_cache_hides_a_new_session_for_at_most_its_bound() {
     // Without push: at most negative_cache_ttl (default 1 s).
     let s = unpushed("30s");
     let cookie = new_cookie();
-    assert_eq!(s.status("/api/orders", Some(&cookie)), 401);
-    assert_eq!(
-        s.status("/api/orders", Some(&cookie)),
-        401,
-        "negative entry"
-    );
+    assert_refusal(s.get("/api/orders", Some(&cookie)), 401, "unauthenticated");
+    // Negative entry.
+    assert_refusal(s.get("/api/orders", Some(&cookie)), 401, "unauthenticated");
     let m = Scrape::of(&s.gw);
     assert!(cache_event(&m, "hit") >= 1.0, "{}", m.text());
     s.redis
@@ -702,7 +684,7 @@ fn the_negative_cache_hides_a_new_session_for_at_most_its_bound() {
         "critical: at once"
     );
     let other = new_cookie();
-    assert_eq!(s.status("/api/orders", Some(&other)), 401);
+    assert_refusal(s.get("/api/orders", Some(&other)), 401, "unauthenticated");
     let cached = Instant::now();
     s.redis
         .set_session(&s.key(&other), &session_json("later"), 3600);
@@ -723,8 +705,8 @@ fn with_push_the_negative_cache_hides_a_new_session_only_for_milliseconds() {
     });
     wait_armed(&s.gw);
     let cookie = new_cookie();
-    assert_eq!(s.status("/api/orders", Some(&cookie)), 401);
-    assert_eq!(s.status("/api/orders", Some(&cookie)), 401);
+    assert_refusal(s.get("/api/orders", Some(&cookie)), 401, "unauthenticated");
+    assert_refusal(s.get("/api/orders", Some(&cookie)), 401, "unauthenticated");
     // Writing the key is an invalidation too: the negative entry goes with it.
     s.redis
         .set_session(&s.key(&cookie), &session_json("late"), 3600);
@@ -749,7 +731,6 @@ fn path_tricks_cannot_route_a_critical_path_through_a_cached_non_critical_prefix
     let get = |path: &str, cookie: &str| {
         raw::get(gw.addr(), path, &[("Cookie", &cookie_header(cookie))])
             .unwrap_or_else(|e| panic!("{path}: {e}"))
-            .status
     };
     // A session the non-critical route has cached, then revoked: that route would
     // still serve it (push off, cache_ttl 30 s); only the critical route's live check
@@ -758,14 +739,14 @@ fn path_tricks_cannot_route_a_critical_path_through_a_cached_non_critical_prefix
         let cookie = new_cookie();
         let key = session_key(gw.key_prefix(), &cookie);
         redis.set_session(&key, &session_json("root"), 3600);
-        assert_eq!(get("/api/things", &cookie), 200);
-        assert_eq!(get("/api/things", &cookie), 200);
+        assert_eq!(get("/api/things", &cookie).status, 200);
+        assert_eq!(get("/api/things", &cookie).status, 200);
         redis.del(&key);
         cookie
     };
     let control = revoked_but_cached();
     assert_eq!(
-        get("/api/things", &control),
+        get("/api/things", &control).status,
         200,
         "control: the non-critical route still trusts the cached session"
     );
@@ -792,7 +773,7 @@ fn path_tricks_cannot_route_a_critical_path_through_a_cached_non_critical_prefix
     ] {
         let cookie = revoked_but_cached();
         let api_before = api.count();
-        assert_eq!(get(path, &cookie), 401, "{path}");
+        assert_refusal(&get(path, &cookie), 401, "unauthenticated");
         assert_eq!(api.count(), api_before, "{path}: reached the api upstream");
     }
     // Spellings a server might read differently are refused outright.
@@ -803,7 +784,7 @@ fn path_tricks_cannot_route_a_critical_path_through_a_cached_non_critical_prefix
         "/api/admin%00",
         "/api\\admin",
     ] {
-        assert_eq!(get(path, &cookie), 400, "{path}");
+        assert_refusal(&get(path, &cookie), 400, "bad_request");
     }
     // Paths are case-sensitive and escapes of reserved characters are kept: these are
     // other resources of the non-critical route (which still trusts the cached session)
@@ -813,14 +794,11 @@ fn path_tricks_cannot_route_a_critical_path_through_a_cached_non_critical_prefix
         ("/api/Admin/users", "/api/Admin/users"),
         ("/api/admin%3bx", "/api/admin%3Bx"),
     ] {
-        assert_eq!(get(path, &cookie), 200, "{path}");
+        assert_eq!(get(path, &cookie).status, 200, "{path}");
         assert_eq!(api.last().path, forwarded, "{path}");
     }
-    assert_eq!(
-        get("/API/admin", &cookie),
-        404,
-        "no route matches another case"
-    );
+    // No route matches another case.
+    assert_refusal(&get("/API/admin", &cookie), 404, "not_found");
     assert_eq!(
         admin.count(),
         0,

@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{
-    GatewayBuilder, Route, Stack, Upstream, client, cookie_header, new_cookie, now, raw, verify,
+    GatewayBuilder, Route, Stack, Upstream, assert_refusal, client, cookie_header, new_cookie, now,
+    raw, verify,
 };
 
 fn routes(b: GatewayBuilder, up: &Upstream) -> GatewayBuilder {
@@ -44,7 +45,7 @@ fn malformed_session_values_are_refused_and_the_gateway_keeps_serving() {
             "missing sub",
             format!(r#"{{"exp": {future}}}"#).into_bytes(),
         ),
-        ("sub a number", br#"{"sub": 42}"#.to_vec()),
+        ("sub a float", br#"{"sub": 4.2}"#.to_vec()),
         ("sub null", br#"{"sub": null}"#.to_vec()),
         ("sub an object", br#"{"sub": {"id": "u"}}"#.to_vec()),
         (
@@ -61,11 +62,18 @@ fn malformed_session_values_are_refused_and_the_gateway_keeps_serving() {
         let key = s.key(&cookie);
         s.redis.set_large(&key, value, 600);
         for path in ["/api/orders", "/api/billing"] {
-            let status = s.status(path, Some(&cookie));
+            let resp = s.get(path, Some(&cookie));
+            let status = resp.status().as_u16();
             assert!(
                 status == 401 || status == 503,
                 "{what} on {path}: got {status}, want 401 or 503"
             );
+            let code = if status == 401 {
+                "unauthenticated"
+            } else {
+                "unavailable"
+            };
+            assert_refusal(resp, status, code);
         }
         assert_eq!(s.up.count(), 0, "{what}: must not be forwarded");
     }
@@ -74,15 +82,26 @@ fn malformed_session_values_are_refused_and_the_gateway_keeps_serving() {
     let cookie = new_cookie();
     s.redis.cli(&["HSET", &s.key(&cookie), "sub", "u"]);
     for path in ["/api/orders", "/api/billing"] {
-        let status = s.status(path, Some(&cookie));
+        let resp = s.get(path, Some(&cookie));
+        let status = resp.status().as_u16();
         assert!(
             status == 401 || status == 503,
             "hash key on {path}: got {status}"
         );
+        let code = if status == 401 {
+            "unauthenticated"
+        } else {
+            "unavailable"
+        };
+        assert_refusal(resp, status, code);
     }
     assert_eq!(s.up.count(), 0);
 
     assert!(s.gw.is_alive(), "the gateway died:\n{}", s.gw.logs());
+    // SPEC: an integer subject is a subject, as its decimal string.
+    let numeric = s.login_json(&format!(r#"{{"sub": 42, "exp": {future}}}"#));
+    assert_eq!(s.status("/api/billing", Some(&numeric)), 200);
+    assert_eq!(s.last_token("billing").str("sub"), "42");
     let valid = s.login("user-1");
     assert_eq!(
         s.status("/api/orders", Some(&valid)),
@@ -196,7 +215,7 @@ fn concurrent_sessions_are_never_mixed_up() {
                     .get(s.gw.url("/api/orders"))
                     .header("cookie", cookie_header(&new_cookie()))
                     .send();
-                assert_eq!(resp.expect("send").status(), 401);
+                assert_refusal(resp.expect("send"), 401, "unauthenticated");
             })
         })
         .collect();
@@ -261,6 +280,7 @@ fn keep_alive_connections_do_not_carry_sessions_between_requests() {
                 ),
             }
         } else {
+            assert_refusal(&resp, want, "unauthenticated");
             assert_eq!(
                 s.up.count(),
                 before,

@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::harness::certs::{Resolver, TestCa, https_client, server_config_with};
 use crate::harness::scrape::value;
 use crate::harness::{
-    GatewayBuilder, RedisServer, Route, Stack, Upstream, assert_eventually, cookie_header, new_kek,
-    session_json,
+    GatewayBuilder, RedisServer, Route, Stack, Upstream, assert_eventually, assert_refusal,
+    cookie_header, new_kek, session_json,
 };
 
 const HOST: &str = "gateway.test";
@@ -81,7 +81,6 @@ fn the_proxy_listener_speaks_tls_that_a_verifying_client_accepts() {
         .get(https_url(&s, "/api/orders/1"))
         .send()
         .expect("send");
-    assert_eq!(refused.status(), 401);
     assert_eq!(
         refused
             .headers()
@@ -90,6 +89,7 @@ fn the_proxy_listener_speaks_tls_that_a_verifying_client_accepts() {
         Some(HSTS),
         "HSTS on a refusal"
     );
+    assert_refusal(refused, 401, "unauthenticated");
     let jwks = client
         .get(https_url(&s, "/.well-known/jwks.json"))
         .send()
@@ -256,11 +256,9 @@ fn https_upstreams_are_verified_against_the_route_ca_with_sni() {
             .header("cookie", cookie_header(&cookie))
             .send()
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-            .status()
-            .as_u16()
     };
 
-    assert_eq!(get("/secure/1"), 200);
+    assert_eq!(get("/secure/1").status(), 200);
     assert_eq!(up.count(), 1);
     assert!(!up.last().bearer().is_empty(), "the token travels over TLS");
     assert!(
@@ -272,7 +270,7 @@ fn https_upstreams_are_verified_against_the_route_ca_with_sni() {
     // A certificate that does not verify is a 502; the request never reaches the upstream.
     for path in ["/wrong-ca/1", "/system-roots/1", "/wrong-name/1"] {
         let failures = up.handshake_failures();
-        assert_eq!(get(path), 502, "{path}");
+        assert_refusal(get(path), 502, "bad_gateway");
         assert_eq!(up.count(), 1, "{path} reached the upstream");
         // The upstream notices the aborted handshake a moment after the gateway answered.
         assert_eventually!(
@@ -281,7 +279,11 @@ fn https_upstreams_are_verified_against_the_route_ca_with_sni() {
             "{path}: the gateway did not attempt and abort a handshake"
         );
     }
-    assert_eq!(get("/secure/2"), 200, "the verified route still works");
+    assert_eq!(
+        get("/secure/2").status(),
+        200,
+        "the verified route still works"
+    );
     assert_eq!(up.count(), 2);
     // Each refusal is counted once, as a connect error of its route.
     let text = crate::harness::scrape::metrics(&gw);
@@ -323,20 +325,23 @@ fn rediss_with_a_private_ca_serves_sessions_keys_and_revocation_pushes() {
             .header("cookie", cookie_header(&cookie))
             .send()
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-            .status()
-            .as_u16()
     };
-    assert_eq!(get("/api/orders"), 200, "session looked up over TLS");
-    assert_eq!(get("/api/billing"), 200, "live lookup over TLS");
+    assert_eq!(
+        get("/api/orders").status(),
+        200,
+        "session looked up over TLS"
+    );
+    assert_eq!(get("/api/billing").status(), 200, "live lookup over TLS");
     assert!(
-        redis.exists(&format!("{}keyring", gw.key_prefix())),
+        redis.exists(&format!("{}keyring", gw.keys_prefix())),
         "the keyring lives in the TLS Redis"
     );
     // Revocation: the critical route sees it at once, the cached route through the
     // invalidation push (also over TLS) well before cache_ttl (60 s).
     redis.del(&key);
-    assert_eq!(get("/api/billing"), 401);
-    assert_eventually!(get("/api/orders") == 401, Duration::from_secs(10));
+    assert_refusal(get("/api/billing"), 401, "unauthenticated");
+    assert_eventually!(get("/api/orders").status() == 401, Duration::from_secs(10));
+    assert_refusal(get("/api/orders"), 401, "unauthenticated");
 }
 
 #[test]
@@ -360,15 +365,12 @@ fn rediss_with_the_wrong_ca_never_connects() {
     );
     let ready = crate::harness::raw::get(gw.admin_addr(), "/readyz", &[]).expect("readyz");
     assert_eq!(ready.status, 503, "ready without a verified Redis");
-    let status = crate::harness::client()
+    // Not a session read over an unverified connection: Redis is unavailable.
+    let resp = crate::harness::client()
         .get(gw.url("/api/billing"))
         .header("cookie", cookie_header(&cookie))
         .send()
-        .expect("send")
-        .status();
-    assert_eq!(
-        status, 503,
-        "a session was read over an unverified connection"
-    );
+        .expect("send");
+    assert_refusal(resp, 503, "unavailable");
     assert_eq!(up.count(), 0);
 }

@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 
 use crate::harness::{
-    GatewayBuilder, RedisServer, Route, cookie_header, new_cookie, raw, session_key, verify,
+    GatewayBuilder, RedisServer, Route, assert_refusal, cookie_header, new_cookie, raw,
+    session_key, verify,
 };
 
 /// RFC 6455 section 1.3's sample `Sec-WebSocket-Key` and its `Sec-WebSocket-Accept`.
@@ -192,7 +193,7 @@ fn websocket_upgrade_without_session_is_401_and_never_reaches_the_upstream() {
             &upgrade_request(gw.addr(), "/ws/chat", cookie.as_deref()),
         )
         .expect("response");
-        assert_eq!(resp.status, 401, "cookie {cookie:?}");
+        assert_refusal(&resp, 401, "unauthenticated");
     }
     assert!(ws.heads().is_empty(), "the upstream saw: {:#?}", ws.heads());
 }

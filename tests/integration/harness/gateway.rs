@@ -50,6 +50,8 @@ pub(crate) struct Route {
     critical: bool,
     token_ttl: Option<String>,
     ca_file: Option<String>,
+    /// Other keys, written as given.
+    extra: Vec<(String, toml::Value)>,
 }
 
 impl Route {
@@ -65,7 +67,15 @@ impl Route {
             critical: false,
             token_ttl: None,
             ca_file: None,
+            extra: Vec::new(),
         }
+    }
+
+    /// Sets any other route key (`connect_timeout`, `read_timeout`,
+    /// `max_connection_lifetime`, …).
+    pub(crate) fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.extra.push((key.to_owned(), value.into()));
+        self
     }
 
     /// A route whose upstreams are written as given (e.g. `https://localhost:8443`).
@@ -130,8 +140,14 @@ impl Route {
         if let Some(ca) = &self.ca_file {
             let _ = writeln!(out, "ca_file = {}", q(ca));
         }
+        for (key, value) in &self.extra {
+            let _ = writeln!(out, "{key} = {value}");
+        }
     }
 }
+
+/// SPEC's default `keys.redis_prefix`.
+pub(crate) const KEYS_PREFIX: &str = "sg:keys:";
 
 /// Builds a config and starts a gateway.
 #[derive(Clone, Debug)]
@@ -151,6 +167,8 @@ pub(crate) struct GatewayBuilder {
     publish_ahead: String,
     allowed_origins: Vec<String>,
     overrides: Vec<(String, toml::Value)>,
+    /// Keys the builder writes by default that must not be in the file.
+    unset: Vec<String>,
     env: Vec<(String, String)>,
 }
 
@@ -173,8 +191,25 @@ impl GatewayBuilder {
             publish_ahead: "30m".to_owned(),
             allowed_origins: vec![ALLOWED_ORIGIN.to_owned()],
             overrides: Vec::new(),
+            unset: Vec::new(),
             env: Vec::new(),
         }
+    }
+
+    /// `session.format = format`, with the format's own defaults for `cookie`,
+    /// `key_prefix` and `subject_field` (the builder's are not written, nor
+    /// `hashed_keys`, which belongs to the `sessiongate` format).
+    pub(crate) fn format(mut self, format: &str) -> Self {
+        self.unset.extend(
+            [
+                "session.cookie",
+                "session.key_prefix",
+                "session.hashed_keys",
+                "session.subject_field",
+            ]
+            .map(str::to_owned),
+        );
+        self.set("session.format", format)
     }
 
     /// Sets any config key by its dotted path (`"session.push_invalidation"`,
@@ -341,7 +376,7 @@ allowed_origins = {origins}
         for route in &self.routes {
             route.write_toml(&mut out);
         }
-        if self.overrides.is_empty() {
+        if self.overrides.is_empty() && self.unset.is_empty() {
             return out;
         }
         let mut table: toml::Table = out.parse().expect("the builder writes valid TOML");
@@ -357,6 +392,14 @@ allowed_origins = {origins}
                     .unwrap_or_else(|| panic!("{path}: {part} is not a table"));
             }
             at.insert(last.to_owned(), value.clone());
+        }
+        for path in &self.unset {
+            let (section, key) = path.split_once('.').expect("section.key");
+            if let Some(t) = table.get_mut(section).and_then(toml::Value::as_table_mut)
+                && !self.overrides.iter().any(|(p, _)| p == path)
+            {
+                t.remove(key);
+            }
         }
         toml::to_string(&table).expect("TOML serializes")
     }
@@ -408,6 +451,13 @@ allowed_origins = {origins}
             config_path,
             issuer: self.issuer.clone(),
             key_prefix: self.key_prefix.clone(),
+            keys_prefix: self
+                .overrides
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "keys.redis_prefix")
+                .and_then(|(_, v)| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| KEYS_PREFIX.to_owned()),
             dir,
         };
         let mut last = String::new();
@@ -454,6 +504,7 @@ pub(crate) struct Gateway {
     config_path: PathBuf,
     issuer: String,
     key_prefix: String,
+    keys_prefix: String,
     dir: TempDir,
 }
 
@@ -461,6 +512,18 @@ impl Gateway {
     /// `http://LISTEN{path}` on the proxy listener.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.listen)
+    }
+
+    /// The body of `GET path` on the admin listener (e.g. `/metrics`).
+    ///
+    /// # Panics
+    /// If the admin listener does not answer.
+    pub(crate) fn admin_get(&self, path: &str) -> String {
+        super::client()
+            .get(self.admin_url(path))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_else(|e| panic!("GET {path} on the admin listener: {e}"))
     }
 
     /// `http://ADMIN{path}` on the admin listener.
@@ -491,6 +554,11 @@ impl Gateway {
     /// The configured session key prefix.
     pub(crate) fn key_prefix(&self) -> &str {
         &self.key_prefix
+    }
+
+    /// Its `keys.redis_prefix`: where its keyring (and its canary) live in Redis.
+    pub(crate) fn keys_prefix(&self) -> &str {
+        &self.keys_prefix
     }
 
     /// The process id, while it runs (the load harness, benches/load, reads its memory).

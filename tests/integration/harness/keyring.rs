@@ -1,59 +1,19 @@
-//! Helpers for the keyring tests: the `sessiongate` CLI as a child process, the JWKS with
-//! its caching headers, a Prometheus scrape of the admin listener, tokens minted through
+//! Helpers for the keyring tests: `keys rotate` through the CLI, the JWKS with its
+//! caching headers, a Prometheus scrape of the admin listener, tokens minted through
 //! a route, the keyring as stored in Redis, and a gateway start that is expected to fail.
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use reqwest::blocking::Client;
 use serde_json::Value;
 
-use super::eventually;
-use super::gateway::{BIN, Gateway, GatewayBuilder};
+use super::cli::{sg_ok, sg_within, stderr};
+use super::gateway::{Gateway, GatewayBuilder};
 use super::redis::RedisServer;
 use super::{cookie_header, try_verify};
-
-/// Runs `sessiongate ARGS` with `env` (and no inherited `SESSIONGATE_CONFIG` or
-/// `SESSIONGATE_KEK`); kills it and panics if it has not exited within 30 s.
-pub(crate) fn sg(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("SESSIONGATE_CONFIG")
-        .env_remove("SESSIONGATE_KEK")
-        .env("NO_COLOR", "1")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn sessiongate");
-    let limit = Duration::from_secs(30);
-    if eventually::poll(|| matches!(child.try_wait(), Ok(Some(_))), limit).is_err() {
-        let _ = child.kill();
-        let out = child.wait_with_output().expect("wait sessiongate");
-        panic!(
-            "sessiongate {args:?} did not exit within {limit:?}; stderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    child.wait_with_output().expect("wait sessiongate")
-}
-
-/// [`sg`] that must exit 0; returns its stdout.
-#[track_caller]
-pub(crate) fn sg_ok(args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = sg(args, env);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "sessiongate {args:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// `sessiongate keys rotate [--now] --config <gw's config>`; returns (kid, created).
 ///
@@ -331,42 +291,22 @@ pub(crate) fn stored_records(redis: &RedisServer, prefix: &str) -> Vec<Value> {
 }
 
 /// Writes `builder`'s config into `dir` and runs `sessiongate run` with `env` (and no
-/// inherited KEK), expecting it to exit: returns its exit code and stderr. A gateway still
-/// running after 20 s is killed and reported with code `None`.
+/// inherited KEK), expecting it to exit within 20 s: returns its exit code and stderr.
+///
+/// # Panics
+/// If it is still running after 20 s (it is killed).
 pub(crate) fn start_expecting_exit(
     builder: &GatewayBuilder,
     dir: &Path,
     env: &[(&str, &str)],
 ) -> (Option<i32>, String) {
     let (config, _, _) = builder.write_config(dir);
-    let stderr_path = dir.join("failed-start.stderr");
-    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env_remove("SESSIONGATE_CONFIG")
-        .env_remove("SESSIONGATE_KEK")
-        .env("NO_COLOR", "1")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn sessiongate");
-    let exited = eventually::poll(
-        || matches!(child.try_wait(), Ok(Some(_))),
+    let config = config.display().to_string();
+    let out = sg_within(
+        &["run", "--config", &config],
+        None,
+        env,
         Duration::from_secs(20),
     );
-    let code = if exited.is_ok() {
-        child.wait().expect("wait").code()
-    } else {
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    };
-    (
-        code,
-        std::fs::read_to_string(&stderr_path).unwrap_or_default(),
-    )
+    (out.status.code(), stderr(&out))
 }

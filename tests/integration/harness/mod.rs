@@ -5,10 +5,15 @@
 //! a test panics. This module adds the client side: an HTTP client that never follows
 //! redirects nor keeps cookies, fresh valid cookie values, the JWKS, and JWT verification
 //! with an independent library (jsonwebtoken) against that JWKS. [`Stack`] bundles the
-//! usual trio for one test.
+//! usual trio for one test. The rest of the kit: [`GatewayBuilder`] writes every config a
+//! test needs, [`cli`] runs the `sessiongate` CLI, and [`assert_refusal`] checks every
+//! answer the gateway makes itself.
 
+pub(crate) mod apps;
 pub(crate) mod certs;
+pub(crate) mod cli;
 pub(crate) mod eventually;
+pub(crate) mod faultproxy;
 pub(crate) mod gateway;
 pub(crate) mod held;
 pub(crate) mod keyring;
@@ -18,9 +23,11 @@ pub(crate) mod prometheus;
 pub(crate) mod python;
 pub(crate) mod raw;
 pub(crate) mod redis;
+pub(crate) mod refusal;
 pub(crate) mod scrape;
 pub(crate) mod secrets;
 pub(crate) mod topology;
+pub(crate) mod traffic;
 pub(crate) mod upstream;
 
 use std::sync::Once;
@@ -38,6 +45,7 @@ use sha2::{Digest as _, Sha256};
 pub(crate) use eventually::assert_eventually;
 pub(crate) use gateway::{ALLOWED_ORIGIN, COOKIE_NAME, Gateway, GatewayBuilder, ISSUER, Route};
 pub(crate) use redis::{RedisServer, session_key, sha256_hex};
+pub(crate) use refusal::assert_refusal;
 pub(crate) use upstream::Upstream;
 
 /// A blocking HTTP client: no redirects followed, no cookie store, 10 s timeout.

@@ -216,6 +216,25 @@ impl RedisServer {
         self.info_u64("stats", "keyspace_hits") + self.info_u64("stats", "keyspace_misses")
     }
 
+    /// The server's process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. `"STOP"`, `"CONT"`) to the server process.
+    ///
+    /// # Panics
+    /// If the server is not running or `kill` fails.
+    pub(crate) fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("redis-server is running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     /// Stops the server (kill + wait), keeping the port for [`RedisServer::restart`].
     pub(crate) fn stop(&mut self) {
         self.kill();
