@@ -1,10 +1,18 @@
 //! Criterion benches of the hot path, each paired with its baseline in the same run.
 //!
-//! - `cookie`: cookie lookup + validation + SHA-256 (vs. the SHA-256 alone).
+//! - `cookie`: finding the cookie in a `Cookie` header + its session id (validation and
+//!   SHA-256), vs. the SHA-256 alone.
 //! - `route`: path normalization + route match (vs. normalization alone).
-//! - `session_decode`: decoding a stored session (vs. `serde_json::Value` parsing).
+//! - `session_decode/{native,express,django}`: decoding a stored session of each format
+//!   (vs. `serde_json::Value` parsing of the native one); `express` includes checking the
+//!   cookie's HMAC signature, `django` decoding a pickle (`benches/fixtures/`, written by
+//!   Python's `pickle.dumps(session, 5)`, what Django's Redis cache stores).
+//! - `edge`: what the gateway does to every forwarded request's headers (hop-by-hop
+//!   stripping, `X-Forwarded-*`, a request id) vs. cloning the header, which Pingora
+//!   does for every request anyway.
 //! - `mint/{ES256,EdDSA}`: our mint vs. `jsonwebtoken::encode` vs. the raw signature of
-//!   the same signing input (the 1.2x target of docs/performance.md).
+//!   the same signing input (the 1.2x target of docs/performance.md); for EdDSA also
+//!   ed25519-dalek's signature, which aws-lc's replaced on the hot path.
 //! - `cache_hit`: a cached lookup plus token reuse through `Exchange`.
 //!
 //! Run: `cargo bench -p gateway --bench hot` (add `-- --quick` for a fast pass).
@@ -12,18 +20,26 @@
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
 
+#[allow(dead_code, unused_imports, unused_macros)]
+#[path = "../tests/integration/harness/mod.rs"]
+mod harness;
+
 use std::hint::black_box;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use exchange::session::record;
+use exchange::format::{Decoded, Document, SessionFormat as _};
 use exchange::store::SessionStore;
 use exchange::store::memory::MemoryStore;
-use exchange::{Audience, Exchange, Freshness, Metrics, Minter, SessionSettings, SessionToken};
+use exchange::{
+    Audience, Exchange, Freshness, Metrics, Minter, SessionId, SessionLookup, SessionSettings,
+};
 use gateway::config::Config;
 use gateway::path::normalize;
 use gateway::route::RouteTable;
+use harness::{GatewayBuilder, Route};
 use keys::{Algorithm, KeySet, Keyring, RotationPolicy};
 
 const COOKIE: &str = "ZmFrZS1zZXNzaW9uLWNvb2tpZS12YWx1ZS0wMTIzNDU2Nzg5YWJj";
@@ -40,14 +56,35 @@ fn keyring(alg: Algorithm) -> (Arc<Keyring>, keys::KeyRecord) {
     (Arc::new(Keyring::new(set)), record)
 }
 
+/// The session of [`SESSION`], decoded with the default settings.
+fn session() -> exchange::Session {
+    let doc = Document::json(SESSION).expect("json");
+    let id = SessionId::raw(COOKIE);
+    match SessionSettings::default()
+        .fields
+        .extract(&doc, true, &id)
+        .expect("decode")
+    {
+        Decoded::Session(s) => s,
+        Decoded::Anonymous => unreachable!("it has a subject"),
+    }
+}
+
 fn bench_cookie(c: &mut Criterion) {
-    let header = format!("theme=dark; _ga=GA1.2.3; __Host-session={COOKIE}; lang=en");
+    let header = http::HeaderValue::from_str(&format!(
+        "theme=dark; _ga=GA1.2.3; __Host-session={COOKIE}; lang=en"
+    ))
+    .expect("header");
+    let format = exchange::format::native::Native::new(true);
     let mut g = c.benchmark_group("cookie");
     g.bench_function("find+parse+sha256", |b| {
         b.iter(|| {
-            let raw = exchange::cookie::find_cookie(black_box(&header), "__Host-session")
-                .expect("cookie");
-            SessionToken::parse(raw).expect("valid")
+            let (found, _) =
+                gateway::http::cookie::find(std::iter::once(black_box(&header)), "__Host-session");
+            let gateway::http::cookie::Presented::Value(raw) = found else {
+                panic!("cookie")
+            };
+            format.session_id(raw).expect("valid")
         })
     });
     g.bench_function("baseline/sha256", |b| {
@@ -58,8 +95,9 @@ fn bench_cookie(c: &mut Criterion) {
 }
 
 fn bench_route(c: &mut Criterion) {
-    let mut toml = String::from("[keys]\nstore = \"file\"\ndir = \"/tmp\"\n");
-    for (i, prefix) in [
+    // Six routes in the test suite's config (GatewayBuilder), on addresses never bound.
+    let mut builder = GatewayBuilder::new("redis://127.0.0.1:6379/0");
+    for (i, (prefix, port)) in [
         "/api/orders",
         "/api/users",
         "/api/payments",
@@ -67,14 +105,18 @@ fn bench_route(c: &mut Criterion) {
         "/api",
         "/",
     ]
-    .iter()
+    .into_iter()
+    .zip(9000..)
     .enumerate()
     {
-        toml.push_str(&format!(
-            "[[route]]\nname = \"r{i}\"\npath_prefix = \"{prefix}\"\nupstreams = [\"127.0.0.1:{}\"]\n",
-            9000 + i
-        ));
+        let upstream = SocketAddr::from(([127, 0, 0, 1], port));
+        builder = builder.route(Route::new(&format!("r{i}"), prefix, &[upstream]));
     }
+    let (listen, admin) = (
+        SocketAddr::from(([127, 0, 0, 1], 8080)),
+        SocketAddr::from(([127, 0, 0, 1], 9090)),
+    );
+    let toml = builder.toml(listen, admin, &std::env::temp_dir().join("sg-bench-keys"));
     let config = Config::parse(&toml).expect("config");
     let registry = prometheus::Registry::new();
     let metrics = gateway::metrics::Metrics::register(&registry).expect("metrics");
@@ -93,23 +135,120 @@ fn bench_route(c: &mut Criterion) {
     g.finish();
 }
 
+/// A Django session as its Redis cache stores it: `pickle.dumps(session, 5)` of
+/// `{"_auth_user_id": "42", "_auth_user_backend": ..., "_auth_user_hash": ..., "roles":
+/// ["admin", "ops"], "email": "a@example.com"}`.
+const DJANGO_SESSION: &[u8] = include_bytes!("fixtures/django-session.pickle");
+/// An express-session value as connect-redis stores it (its JSON serializer).
+const EXPRESS_SESSION: &[u8] = br#"{"cookie":{"originalMaxAge":86400000,"expires":"2099-01-01T00:00:00.000Z","secure":true,"httpOnly":true,"path":"/","sameSite":"lax"},"passport":{"user":"42"},"roles":["admin","ops"],"email":"a@example.com"}"#;
+
+fn fields(subject: &str) -> exchange::format::Fields {
+    let field = |p: &str| exchange::format::Field::parse(p).expect("field");
+    exchange::format::Fields {
+        subject: field(subject),
+        claims: ["roles", "email"]
+            .into_iter()
+            .map(|name| exchange::format::Claim {
+                name: name.into(),
+                field: field(name),
+            })
+            .collect(),
+    }
+}
+
 fn bench_session_decode(c: &mut Criterion) {
-    let token = SessionToken::parse(COOKIE).expect("token");
-    let settings = SessionSettings::default();
+    use exchange::format::{FormatSettings, Secret, build};
     let mut g = c.benchmark_group("session_decode");
-    g.bench_function("record::decode", |b| {
-        b.iter(|| record::decode(black_box(SESSION), &token, &settings).expect("decode"))
+    let id = SessionId::raw(COOKIE);
+    let native = SessionSettings::default().fields;
+    g.bench_function("native", |b| {
+        b.iter(|| {
+            let doc = Document::json(black_box(SESSION)).expect("json");
+            native.extract(&doc, true, &id).expect("decode")
+        })
     });
     g.bench_function("baseline/serde_json::Value", |b| {
         b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(SESSION)).expect("json"))
     });
+
+    // express: the signed cookie (`s:<sid>.<HMAC-SHA256, base64>`), then the value.
+    let secret = "keyboard cat";
+    let sid = "Xq3yN0p8bXzYkq1w2e3r4t5y6u7i8o9p";
+    let tag = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes()),
+        sid.as_bytes(),
+    );
+    use base64::Engine as _;
+    let cookie = format!(
+        "s%3A{sid}.{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(tag.as_ref())
+    );
+    let express = build(&FormatSettings::Express {
+        secrets: vec![Secret::new(secret)],
+    });
+    let express_fields = fields("/passport/user");
+    g.bench_function("express (cookie signature + value)", |b| {
+        b.iter(|| {
+            let id = express.session_id(black_box(&cookie)).expect("signed");
+            let doc = express.decode(black_box(EXPRESS_SESSION)).expect("json");
+            express_fields.extract(&doc, false, &id).expect("decode")
+        })
+    });
+
+    let django = build(&FormatSettings::Django);
+    let django_fields = fields("/_auth_user_id");
+    g.bench_function("django (pickle)", |b| {
+        b.iter(|| {
+            let doc = django.decode(black_box(DJANGO_SESSION)).expect("pickle");
+            django_fields.extract(&doc, false, &id).expect("decode")
+        })
+    });
+    g.finish();
+}
+
+fn bench_edge(c: &mut Criterion) {
+    use gateway::http::forwarding::{Origin, RequestIds, set_forwarding, strip_hop_by_hop};
+    let mut req =
+        pingora::http::RequestHeader::build("GET", b"/api/orders?page=2", None).expect("request");
+    for (name, value) in [
+        ("host", "app.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
+        ),
+        ("accept", "application/json"),
+        ("accept-language", "en-GB,en;q=0.8"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("connection", "keep-alive"),
+        ("cookie", "theme=dark; __Host-session=abc"),
+        ("referer", "https://app.example.com/orders"),
+    ] {
+        req.append_header(name, value).expect("header");
+    }
+    let ids = RequestIds::default();
+    let origin = Origin {
+        peer: Some("203.0.113.7".parse().expect("ip")),
+        trusted: false,
+        tls: true,
+        host: Some("app.example.com"),
+    };
+    let mut g = c.benchmark_group("edge");
+    g.bench_function("hop-by-hop + forwarding + request id", |b| {
+        b.iter(|| {
+            let mut r = black_box(&req).clone();
+            strip_hop_by_hop(&mut r);
+            set_forwarding(&mut r, &origin).expect("forwarding");
+            r.insert_header("x-request-id", ids.next()).expect("id");
+            r
+        })
+    });
+    g.bench_function("baseline/clone", |b| b.iter(|| black_box(&req).clone()));
     g.finish();
 }
 
 fn bench_mint(c: &mut Criterion) {
     keys::install_crypto_provider();
-    let token = SessionToken::parse(COOKIE).expect("token");
-    let session = record::decode(SESSION, &token, &SessionSettings::default()).expect("decode");
+    let session = session();
     let audience = Audience::new("orders");
     for alg in [Algorithm::Es256, Algorithm::EdDsa] {
         let (keyring, rec) = keyring(alg);
@@ -163,6 +302,16 @@ fn bench_mint(c: &mut Criterion) {
                 jsonwebtoken::encode(&header, black_box(&claims_value), &encoding).expect("encode")
             })
         });
+        if alg == Algorithm::EdDsa {
+            // What signing cost before keys/src/key.rs moved Ed25519 signing to aws-lc.
+            use ed25519_dalek::Signer as _;
+            use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+            let dalek = ed25519_dalek::SigningKey::from_pkcs8_der(rec.private_pkcs8.expose())
+                .expect("ed25519 key");
+            g.bench_function("baseline/ed25519-dalek raw_sign", |b| {
+                b.iter(|| dalek.sign(black_box(input.as_bytes())))
+            });
+        }
         g.finish();
     }
 }
@@ -176,12 +325,11 @@ fn bench_cache_hit(c: &mut Criterion) {
     let (keyring, _) = keyring(Algorithm::Es256);
     let metrics = Arc::new(Metrics::unregistered());
     let store = Arc::new(MemoryStore::new());
-    let settings = SessionSettings {
-        cache_ttl: Duration::from_secs(3600),
-        ..SessionSettings::default()
-    };
-    let token = SessionToken::parse(COOKIE).expect("token");
-    let key = record::redis_key(&settings.key_prefix, &token, true);
+    let mut settings = SessionSettings::default();
+    settings.cache.ttl = Duration::from_secs(3600);
+    let key = settings
+        .keyspace()
+        .session_key(&settings.keyspace().format().session_id(COOKIE).expect("id"));
     rt.block_on(store.put(&key, SESSION, Duration::from_secs(3600)))
         .expect("put");
     let ex = Exchange::new(
@@ -196,10 +344,10 @@ fn bench_cache_hit(c: &mut Criterion) {
     g.bench_function("lookup+token", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let r = ex
-                    .lookup(black_box(&token), Freshness::Cached)
-                    .await
-                    .expect("lookup");
+                let SessionLookup::Valid(r) = ex.lookup(black_box(COOKIE), Freshness::Cached).await
+                else {
+                    panic!("valid")
+                };
                 ex.token(&r, &audience, ttl).expect("token")
             })
         })
@@ -215,6 +363,7 @@ criterion_group!(
     bench_cookie,
     bench_route,
     bench_session_decode,
+    bench_edge,
     bench_mint,
     bench_cache_hit
 );

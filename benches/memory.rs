@@ -17,6 +17,11 @@
 //! weight column is what the cache counts against its bounds, so the two side by side
 //! show whether the weights are honest.
 //!
+//! A third scenario, `watches`, holds `MEMORY_WATCHES` (default 10,000) session watches
+//! ([`Exchange::watch`], what every open WebSocket or stream under a session waits on)
+//! as tokio tasks, each after its session's lookup, and reports what the watches
+//! themselves cost: the RSS with them, against the same tasks and lookups without a watch.
+//!
 //! Run: `cargo bench -p gateway --bench memory` (about two minutes on two cores with
 //! EdDSA, the default; `MEMORY_ALG=ES256` for P-256).
 
@@ -26,7 +31,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use exchange::store::SessionStore;
-use exchange::{Audience, Exchange, Freshness, Metrics, Minter, SessionSettings, SessionToken};
+use exchange::{Audience, Exchange, Freshness, Metrics, Minter, SessionLookup, SessionSettings};
 use keys::{Algorithm, KeySet, Keyring, RotationPolicy};
 
 /// The allocator the `sessiongate` binary runs with (gateway/src/main.rs), so that the
@@ -96,7 +101,11 @@ fn cookie(i: u64) -> String {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--scenario") {
-        run(args.get(i + 1).map(String::as_str) == Some("tokens"));
+        match args.get(i + 1).map(String::as_str) {
+            Some("watches") => watches(true),
+            Some("idle-tasks") => watches(false),
+            other => run(other == Some("tokens")),
+        }
         return;
     }
     if !args.iter().any(|a| a == "--bench") {
@@ -105,7 +114,7 @@ fn main() {
         return;
     }
     // Each scenario in a fresh process, so that one's allocations do not count in the other.
-    for scenario in ["sessions", "tokens"] {
+    for scenario in ["sessions", "tokens", "idle-tasks", "watches"] {
         let exe = std::env::current_exe().expect("current exe");
         let status = std::process::Command::new(exe)
             .args(["--scenario", scenario])
@@ -143,13 +152,11 @@ fn run(tokens: bool) {
     };
     let max_bytes = mib("MEMORY_MAX_MIB", SESSION_BOUND);
     let token_max_bytes = mib("MEMORY_TOKEN_MIB", TOKEN_BOUND);
-    let settings = SessionSettings {
-        cache_ttl: Duration::from_secs(3600),
-        cache_max_entries: usize::try_from(n).expect("fits"),
-        cache_max_bytes: max_bytes,
-        token_cache_max_bytes: token_max_bytes,
-        ..SessionSettings::default()
-    };
+    let mut settings = SessionSettings::default();
+    settings.cache.ttl = Duration::from_secs(3600);
+    settings.cache.max_entries = usize::try_from(n).expect("fits");
+    settings.cache.max_bytes = max_bytes;
+    settings.cache.token_max_bytes = token_max_bytes;
     let ex = Exchange::new(
         Arc::new(SyntheticStore),
         settings,
@@ -190,10 +197,11 @@ fn run(tokens: bool) {
     let mut after_first = 0.0;
     let mut phase2 = Vec::new();
     for i in 0..2 * n {
-        let token = SessionToken::parse(&cookie(i)).expect("valid cookie");
-        let resolved = rt
-            .block_on(ex.lookup(&token, Freshness::Cached))
-            .expect("lookup");
+        let cookie = cookie(i);
+        let SessionLookup::Valid(resolved) = rt.block_on(ex.lookup(&cookie, Freshness::Cached))
+        else {
+            panic!("every synthetic session is valid");
+        };
         if tokens {
             ex.token(&resolved, &audience, ttl).expect("token");
         }
@@ -225,4 +233,73 @@ fn run(tokens: bool) {
         evictions.get(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Holds `MEMORY_WATCHES` tasks, each after looking its session up; with `watch`, each
+/// task then waits on the session's watch, else on nothing. Prints the RSS growth.
+fn watches(watch: bool) {
+    let n: u64 = std::env::var("MEMORY_WATCHES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    keys::install_crypto_provider();
+    let now = keys::unix_now();
+    let record = keys::generate(Algorithm::EdDsa, now - 10, now - 10).expect("key");
+    let policy = RotationPolicy {
+        algorithm: Algorithm::EdDsa,
+        ..RotationPolicy::default()
+    };
+    let set = KeySet::build(std::slice::from_ref(&record), now, &policy).expect("key set");
+    let metrics = Arc::new(Metrics::unregistered());
+    let ex = Arc::new(Exchange::new(
+        Arc::new(SyntheticStore),
+        SessionSettings::default(),
+        Minter::new(Arc::new(Keyring::new(set)), "iss", metrics.clone()),
+        metrics,
+    ));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Vouching push channel: watches sleep until woken, as in production.
+    ex.cache().suspend();
+    ex.cache()
+        .confirm_until(Instant::now() + Duration::from_secs(3600));
+    let before = rss_mib();
+    let bounds = exchange::watch::Bounds {
+        unavailable_for: Duration::from_secs(5),
+        recheck_every: Duration::from_secs(1),
+    };
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let ex = ex.clone();
+            rt.spawn(async move {
+                let cookie = cookie(i);
+                let _ = ex.lookup(&cookie, Freshness::Cached).await;
+                if watch {
+                    ex.watch(&cookie, bounds).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            })
+        })
+        .collect();
+    // Let every task run to its wait.
+    rt.block_on(async {
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let after = rss_mib();
+    println!(
+        "### {} {n} tasks: RSS {before:.1} -> {after:.1} MiB ({:.0} bytes each); watches open: {}\n",
+        if watch {
+            "Watches:"
+        } else {
+            "Baseline, no watch:"
+        },
+        (after - before) * 1024.0 * 1024.0 / n as f64,
+        ex.watches()
+    );
+    drop(tasks);
 }

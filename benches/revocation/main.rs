@@ -11,15 +11,21 @@
 //! 401; the sample is the time from the `DEL` reply to that 401's arrival, and the number
 //! of requests still served after the `DEL` is counted too.
 //!
-//! Run: `cargo bench -p gateway --bench revocation` (about a minute once built).
+//! Then open connections ([`sockets`]): `REVOCATION_SOCKETS` idle WebSockets (default
+//! 10,000) through the gateway, `REVOCATION_CLOSES` of them (default 1,000) revoked one
+//! at a time, timed from the `DEL` reply to the client reading the Close frame.
+//!
+//! Run: `cargo bench -p gateway --bench revocation` (a few minutes once built).
 //! `REVOCATION_SAMPLES=N` changes the number of samples per push-on row (default 200),
-//! `REVOCATION_LOAD_THREADS=N` the number of load threads (default 4).
+//! `REVOCATION_LOAD_THREADS=N` the number of load threads (default 4);
+//! `REVOCATION_SOCKETS=0` skips the open-connection part.
 
 #![allow(missing_docs)]
 
 #[allow(dead_code, unused_imports, unused_macros)]
 #[path = "../../tests/integration/harness/mod.rs"]
 mod harness;
+mod sockets;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpStream;
@@ -322,6 +328,15 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing else we use.
     if std::env::args().any(|a| a == "--list") {
         return;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--ws-upstream") {
+        sockets::serve(args.get(at + 1).map_or("127.0.0.1:0", String::as_str));
+        return;
+    }
+    let sockets = env_usize("REVOCATION_SOCKETS", 10_000);
+    if sockets > 0 {
+        sockets::run(sockets, env_usize("REVOCATION_CLOSES", 1_000).min(sockets));
     }
     let samples = env_usize("REVOCATION_SAMPLES", 200);
     let threads = env_usize("REVOCATION_LOAD_THREADS", 4);

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Where a gateway's CPU goes on one path under load: perf samples of the release binary
+# while wrk drives one route, then a breakdown by what the time was spent on (Redis
+# client, signing, claims and JSON, headers, metrics, logging, allocation, the proxy
+# itself), and the proxy's CPU time per request from /proc.
+#
+#   benches/profile.sh [critical|cached] [GATEWAY_BINARY]
+#
+# ACCESS_LOG=off turns the access log off. Runs from the repository root after a release
+# build (`cargo bench -p gateway --bench load --no-run`, same CARGO_TARGET_DIR), which
+# also builds the load bench's upstream. Needs perf (Debian: linux-perf), wrk,
+# redis-server, python3; `kernel.perf_event_paranoid` at most 1 (as root it is set).
+# Writes perf.data and the folded stacks under $OUT (default /tmp/sg-profile).
+set -euo pipefail
+
+PATH_KIND=${1:-critical}
+TARGET=${CARGO_TARGET_DIR:-target}
+GATEWAY=${2:-$TARGET/release/sessiongate}
+UPSTREAM_BIN=$(ls -t "$TARGET"/release/deps/load-* 2>/dev/null | grep -v '\.d$' | head -1)
+DURATION=${DURATION:-20}
+OUT=${OUT:-/tmp/sg-profile}
+ACCESS_LOG=${ACCESS_LOG:-on}
+[ -x "$GATEWAY" ] && [ -n "$UPSTREAM_BIN" ] || {
+  echo "build first: cargo bench -p gateway --bench load --no-run" >&2
+  exit 2
+}
+[ "$(id -u)" -ne 0 ] || echo -1 >/proc/sys/kernel/perf_event_paranoid
+
+mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/sg-prof.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+REDIS_PORT=$(free_port); UP_PORT=$(free_port); PORT=$(free_port); ADMIN_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
+PIDS+=($!)
+"$UPSTREAM_BIN" --serve-upstream "127.0.0.1:$UP_PORT" >/dev/null 2>&1 &
+PIDS+=($!)
+until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
+
+# 256 sessions, as the load bench writes them.
+python3 - >"$WORK/cookies" <<EOF
+import hashlib, subprocess
+cmds = []
+for n in range(256):
+    cookie = f"profile-session-cookie-{n:08d}"
+    key = "sg:session:" + hashlib.sha256(cookie.encode()).hexdigest()
+    cmds.append(f'SET {key} \'{{"sub":"user-{n}","exp":4102444800,"roles":["reader"],"email":"u{n}@example.com"}}\' EX 3600')
+    print(cookie)
+subprocess.run(["redis-cli", "-p", "$REDIS_PORT"], input="\n".join(cmds), text=True, check=True, capture_output=True)
+EOF
+
+FILTER="warn,sessiongate=info,gateway=info,exchange=info,keys=info"
+[ "$ACCESS_LOG" = on ] || FILTER="warn"
+mkdir -p "$WORK/keys"
+cat >"$WORK/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PORT"
+admin_listen = "127.0.0.1:$ADMIN_PORT"
+threads = 2
+[redis]
+url = "redis://127.0.0.1:$REDIS_PORT/0"
+pool_size = 4
+[keys]
+store = "file"
+dir = "$WORK/keys"
+[log]
+filter = "$FILTER"
+[[route]]
+name = "cached"
+path_prefix = "/cached"
+upstreams = ["127.0.0.1:$UP_PORT"]
+[[route]]
+name = "critical"
+path_prefix = "/critical"
+upstreams = ["127.0.0.1:$UP_PORT"]
+critical = true
+EOF
+"$GATEWAY" run --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" &
+GW=$!
+PIDS+=($GW)
+until curl -fs "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1; do sleep 0.1; done
+
+cat >"$WORK/cookies.lua" <<EOF
+local cookies = {}
+for line in io.lines("$WORK/cookies") do cookies[#cookies + 1] = line end
+local i = 0
+request = function()
+  i = i % #cookies + 1
+  return wrk.format("GET", "/$PATH_KIND/x", { ["Cookie"] = "__Host-session=" .. cookies[i] })
+end
+EOF
+# Warm up, then sample while measuring.
+wrk -t2 -c64 -d3s -s "$WORK/cookies.lua" "http://127.0.0.1:$PORT" >/dev/null
+ticks() { awk '{print $14 + $15}' "/proc/$GW/stat"; }
+before=$(ticks)
+perf record -F 499 -g --call-graph dwarf,16384 -p "$GW" -o "$OUT/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+PERF=$!
+wrk -t2 -c64 -d"${DURATION}s" -s "$WORK/cookies.lua" "http://127.0.0.1:$PORT" >"$WORK/wrk.txt"
+wait $PERF || true
+after=$(ticks)
+requests=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")
+hz=$(getconf CLK_TCK)
+echo "path=$PATH_KIND access_log=$ACCESS_LOG requests=$requests cpu_us_per_request=$(python3 -c "print(round(($after - $before) / $hz * 1e6 / $requests, 1))")"
+
+perf script -i "$OUT/perf.data" 2>/dev/null >"$OUT/perf.script"
+python3 - "$OUT/perf.script" <<'EOF'
+import re, sys, collections
+# Each sample: its stack, innermost first. Attribute it to the first category whose
+# pattern matches a frame (innermost wins), else "other".
+CATEGORIES = [
+    ("signature (aws-lc / ed25519)", r"aws_lc|ecdsa|p256|ec_GFp|ed25519|curve25519|sha512|SigningKey::sign"),
+    ("Redis client (fred)", r"fred::|redis_protocol"),
+    ("claims JSON and base64", r"claims_json|serde_json|base64|encode_string|Minter::mint"),
+    ("session lookup (exchange, cache)", r"exchange::|quick_cache|sha2::"),
+    ("metrics (prometheus)", r"prometheus::"),
+    ("logging (tracing)", r"tracing|telemetry::|LineWriter"),
+    ("headers and cookies (gateway)", r"gateway::http::|insert_header|remove_header|HeaderMap|http::header"),
+    ("allocation", r"mi_|malloc|free|realloc|memcpy|memmove"),
+    ("proxying (pingora, tokio, kernel)", r"pingora|tokio|h1|httparse|\[kernel|syscall|epoll|tcp_|__libc_|sys_"),
+]
+counts = collections.Counter()
+total = 0
+stack = []
+def flush():
+    global total
+    if not stack:
+        return
+    total += 1
+    for name, pattern in CATEGORIES:
+        if any(re.search(pattern, f) for f in stack):
+            counts[name] += 1
+            return
+    counts["other"] += 1
+for line in open(sys.argv[1], errors="replace"):
+    line = line.rstrip("\n")
+    if not line.strip():
+        flush()
+        stack = []
+    elif line.startswith("\t") or line.startswith(" "):
+        stack.append(line.strip())
+flush()
+print("| where | share of samples |")
+print("|---|---:|")
+for name, n in counts.most_common():
+    print(f"| {name} | {100 * n / max(total, 1):.1f}% |")
+print(f"\n{total} samples")
+EOF
