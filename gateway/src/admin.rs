@@ -150,11 +150,16 @@ impl ServeHttp for Admin {
                     Err(_) => text(500, "text/plain", b"jwks unavailable\n".to_vec()),
                 }
             }
-            _ => text(
-                404,
-                "application/json",
-                br#"{"error":"not_found"}"#.to_vec(),
-            ),
+            _ => {
+                // The proxy's one response map makes the body here too.
+                let refusal = crate::respond::Refusal::NotFound;
+                let body = refusal.response().map(|(_, b)| b.to_vec());
+                text(
+                    refusal.status(),
+                    "application/json",
+                    body.unwrap_or_default(),
+                )
+            }
         }
     }
 }

@@ -15,6 +15,14 @@ fn healthz_and_readyz_are_200_on_the_admin_listener() {
 }
 
 #[test]
+fn unknown_admin_paths_get_the_json_not_found_of_every_gateway_answer() {
+    let s =
+        Stack::start(|b, up: &Upstream| b.route(Route::new("orders", "/api/orders", &[up.addr()])));
+    let resp = s.http.get(s.gw.admin_url("/nope")).send().expect("send");
+    assert_refusal(resp, 404, "not_found");
+}
+
+#[test]
 fn metrics_have_the_spec_names_and_never_leak_subjects_sessions_or_paths() {
     let s = Stack::start(|b, up: &Upstream| {
         b.route(Route::new("orders", "/api/orders", &[up.addr()]))
