@@ -3,7 +3,7 @@
 //! The gateway hands this crate the session cookie's value and gets back an
 //! authentication answer ([`SessionLookup`]: only its valid arm carries a session), then
 //! asks for a token for the route's [`Audience`]. Sessions may be written by sessiongate
-//! or by a framework ([`format`]). This crate never forwards anything and knows nothing
+//! or by a framework ([`mod@format`]). This crate never forwards anything and knows nothing
 //! of HTTP.
 //!
 //! ```no_run

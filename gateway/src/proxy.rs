@@ -1,7 +1,7 @@
 //! The Pingora proxy: `ProxyHttp` for sessiongate.
 //!
 //! Request path: the request target (host, normalized path) → gateway-owned endpoints
-//! (JWKS, token exchange) → route match → the session cookie → [`decide`] (origin check,
+//! (JWKS, token exchange) → route match → the session cookie → [`mod@decide`] (origin check,
 //! auth mode, session lookup: live on critical routes, cached elsewhere) → a token →
 //! forward with `Authorization: Bearer`. Every answer the gateway makes itself goes
 //! through [`respond`]; `request_filter` writes it and returns `Ok(true)`, and only true

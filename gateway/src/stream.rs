@@ -13,7 +13,7 @@
 //! connection with others: it is ended at its next chunk instead.
 //!
 //! **The descriptor is never one of another connection.** The task acts on the socket's
-//! descriptor number only under [`Shared`]'s lock and while it is armed; the request's
+//! descriptor number only under `Shared`'s lock and while it is armed; the request's
 //! `logging` hook (which Pingora runs before it releases the connection) disarms it, and
 //! dropping the request context does too. As a second guard the kernel's socket cookie
 //! (`SO_COOKIE`, unique for the life of the system) is checked before acting.
