@@ -24,22 +24,12 @@ UPSTREAM_BIN=$(ls -t "$TARGET"/release/deps/load-* 2>/dev/null | grep -v '\.d$' 
   exit 2
 }
 
-WORK=$(mktemp -d /tmp/sg-million.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-REDIS_PORT=$(free_port); UP_PORT=$(free_port); PORT=$(free_port); ADMIN_PORT=$(free_port)
-
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
-PIDS+=($!)
+. "$(dirname "$0")/lib.sh"
+bench_setup million
+start_redis
+UP_PORT=$(free_port); PORT=$(free_port); ADMIN_PORT=$(free_port)
 "$UPSTREAM_BIN" --serve-upstream "127.0.0.1:$UP_PORT" >/dev/null 2>&1 &
 PIDS+=($!)
-until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
 
 # Two wrk threads, each cycling through its half of the cookies: memtest-<thread>-<n>.
 HALF=$((SESSIONS / 2))

@@ -22,19 +22,9 @@ TARGET=${CARGO_TARGET_DIR:-target}
 GATEWAY=$TARGET/release/sessiongate
 [ -x "$GATEWAY" ] || { echo "build first: cargo build --release -p gateway" >&2; exit 2; }
 
-WORK=$(mktemp -d /tmp/sg-revoke.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
-PIDS+=($!)
-until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
+. "$(dirname "$0")/lib.sh"
+bench_setup revoke
+start_redis
 
 case "$FORMAT" in
   express) PREFIX="sess:" ;;
