@@ -712,7 +712,7 @@ impl Gateway {
         };
         forwarding::set_forwarding(upstream, &origin)?;
         if let Some(id) = &ctx.request_id {
-            upstream.insert_header("x-request-id", id.clone())?;
+            upstream.insert_header(forwarding::X_REQUEST_ID, id.clone())?;
         }
         if let Some(uri) = ctx.forward_uri.take() {
             upstream.set_uri(uri);

@@ -30,6 +30,8 @@ const HOP_BY_HOP: [HeaderName; 3] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Request-Id`, kept from the client when well-formed, else made.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Whether a request asks to switch protocols (`Connection: upgrade` and `Upgrade`).
 pub fn is_upgrade(req: &RequestHeader) -> bool {
@@ -194,7 +196,7 @@ pub const MAX_REQUEST_ID: usize = 128;
 
 /// The client's `X-Request-Id`, if it is 1–128 visible ASCII characters.
 pub fn client_request_id(req: &RequestHeader) -> Option<&HeaderValue> {
-    let mut values = req.headers.get_all("x-request-id").iter();
+    let mut values = req.headers.get_all(X_REQUEST_ID).iter();
     let value = values.next()?;
     let ok = values.next().is_none()
         && (1..=MAX_REQUEST_ID).contains(&value.len())
