@@ -414,14 +414,6 @@ fn scrape_after_everything() -> (Exported, String) {
         "unauthenticated",
     );
     assert_refusal(s.get("/gone/1", None), 502, "bad_gateway");
-    // A revocation: the push channel invalidates the cached session.
-    // (Within cache_ttl even if the channel is slow to arm on a loaded machine.)
-    s.redis.del(&s.key(&alice));
-    assert_eventually!(
-        s.status("/api/orders/1", Some(&alice)) == 401,
-        Duration::from_secs(15)
-    );
-    // A reload (same file, so it succeeds).
     let metrics_url = s.gw.admin_url("/metrics");
     let scrape = |s: &Stack| {
         s.http
@@ -430,6 +422,23 @@ fn scrape_after_everything() -> (Exported, String) {
             .and_then(|r| r.text())
             .expect("scrape")
     };
+    // A revocation: the push channel invalidates the cached session. The channel must be
+    // armed first (on a loaded machine it may still be arming, and the cache_ttl bound
+    // alone would refuse the session without any revocation event to export).
+    assert_eventually!(
+        scrape(&s).contains("sessiongate_revocation_push_connected 1"),
+        Duration::from_secs(15)
+    );
+    s.redis.del(&s.key(&alice));
+    assert_eventually!(
+        s.status("/api/orders/1", Some(&alice)) == 401,
+        Duration::from_secs(15)
+    );
+    assert_eventually!(
+        scrape(&s).contains("sessiongate_revocation_events_total{"),
+        Duration::from_secs(5)
+    );
+    // A reload (same file, so it succeeds).
     assert!(
         s.gw.signal_and_wait("HUP", Duration::ZERO).is_none(),
         "SIGHUP must not stop it"
