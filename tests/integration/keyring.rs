@@ -22,8 +22,8 @@ use serde_json::Value;
 use crate::harness::cli::{sg, sg_ok, stderr};
 use crate::harness::eventually::poll;
 use crate::harness::keyring::{
-    get_jwks, keys_rotate, kid_alg, mint, mint_at, parse_rotate, published, scrape,
-    start_expecting_exit, stored_records, verify_now,
+    assert_record_fields, get_jwks, keys_rotate, kid_alg, mint, mint_at, parse_rotate, published,
+    scrape, start_expecting_exit, stored_records, verify_now,
 };
 use crate::harness::{
     Gateway, GatewayBuilder, RedisServer, Route, Upstream, assert_eventually, client,
@@ -541,23 +541,7 @@ fn nothing_in_redis_holds_a_private_key_in_clear() {
     let other = keys::seal::Kek::from_base64(&new_kek()).expect("KEK");
     let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
     for r in &records {
-        let names: BTreeSet<&str> = r
-            .as_object()
-            .expect("object")
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(
-            names,
-            BTreeSet::from([
-                "kid",
-                "alg",
-                "created_at",
-                "activate_at",
-                "retired_at",
-                "sealed_key"
-            ])
-        );
+        assert_record_fields(r);
         let kid = keys::Kid::from(r["kid"].as_str().expect("kid"));
         let sealed = STANDARD
             .decode(r["sealed_key"].as_str().expect("sealed_key"))

@@ -23,6 +23,7 @@ use keys::{
 };
 
 use crate::harness::RedisServer;
+use crate::harness::keyring::assert_record_fields;
 
 const NS: &str = "t:";
 const T0: UnixTime = 1_000_000;
@@ -205,23 +206,7 @@ async fn nothing_in_redis_holds_clear_key_material() {
         stored.push(field.as_bytes().to_vec());
         stored.push(value.to_vec());
         let json: serde_json::Value = serde_json::from_slice(value).unwrap();
-        let names: BTreeSet<&str> = json
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(
-            names,
-            BTreeSet::from([
-                "kid",
-                "alg",
-                "created_at",
-                "activate_at",
-                "retired_at",
-                "sealed_key"
-            ])
-        );
+        assert_record_fields(&json);
         assert_eq!(json["kid"], field.as_str());
     }
     for key in ["t:keyring:version", "t:keyring:lease"] {

@@ -290,6 +290,28 @@ pub(crate) fn stored_records(redis: &RedisServer, prefix: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Asserts that a stored key record has exactly the fields of docs/redis-schema.md (no
+/// private key in clear, nothing undocumented).
+pub(crate) fn assert_record_fields(record: &Value) {
+    let names: BTreeSet<&str> = record
+        .as_object()
+        .expect("a key record is a JSON object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "kid",
+            "alg",
+            "created_at",
+            "activate_at",
+            "retired_at",
+            "sealed_key"
+        ])
+    );
+}
+
 /// Writes `builder`'s config into `dir` and runs `sessiongate run` with `env` (and no
 /// inherited KEK), expecting it to exit within 20 s: returns its exit code and stderr.
 ///
