@@ -50,12 +50,13 @@ fn key(prefix: &str, cookie: &str) -> String {
 }
 
 async fn put(store: &MemoryStore, cookie: &str, json: &str) {
+    put_for(store, cookie, json, Duration::from_secs(60)).await;
+}
+
+/// Stores the session of `cookie` with a key TTL of `ttl`.
+async fn put_for(store: &MemoryStore, cookie: &str, json: &str, ttl: Duration) {
     store
-        .put(
-            &key("sg:session:", cookie),
-            json.as_bytes(),
-            Duration::from_secs(60),
-        )
+        .put(&key("sg:session:", cookie), json.as_bytes(), ttl)
         .await
         .unwrap();
 }
@@ -357,14 +358,7 @@ async fn an_outage_never_serves_a_session_older_than_cache_ttl() {
 async fn a_cached_session_is_not_trusted_past_its_key_ttl() {
     let (ex, store) = exchange(Duration::from_secs(60));
     let t = cookie(1);
-    store
-        .put(
-            &key("sg:session:", &t),
-            br#"{"sub":"u"}"#,
-            Duration::from_millis(150),
-        )
-        .await
-        .unwrap();
+    put_for(&store, &t, r#"{"sub":"u"}"#, Duration::from_millis(150)).await;
     assert_eq!(
         source(&ex.lookup(&t, Freshness::Cached).await),
         Source::Redis
@@ -550,14 +544,13 @@ mod watches {
         ex.cache()
             .confirm_until(Instant::now() + Duration::from_secs(60));
         let (short_key, short_exp) = (cookie(1), cookie(2));
-        store
-            .put(
-                &key("sg:session:", &short_key),
-                br#"{"sub":"u"}"#,
-                Duration::from_millis(300),
-            )
-            .await
-            .unwrap();
+        put_for(
+            &store,
+            &short_key,
+            r#"{"sub":"u"}"#,
+            Duration::from_millis(300),
+        )
+        .await;
         let exp = crate::unix_now() + 1;
         put(&store, &short_exp, &format!(r#"{{"sub":"u","exp":{exp}}}"#)).await;
         let (ended, after) = spawn(&ex, &short_key).await.unwrap();
