@@ -184,8 +184,6 @@ pub struct RequestCtx {
     /// The chosen upstream's address as text, for the access log.
     upstream_label: Option<Arc<str>>,
     tries: usize,
-    /// A valid session was found (a long-lived response then lives under it).
-    session_valid: bool,
     /// The WebSocket or stream being watched.
     watched: Option<crate::stream::Watched>,
 }
@@ -202,9 +200,10 @@ impl RequestCtx {
         self.tries
     }
 
-    /// Whether a valid session was found for the request.
+    /// Whether a valid session was found for the request (a long-lived response then
+    /// lives under it).
     pub(crate) fn session_valid(&self) -> bool {
-        self.session_valid
+        matches!(self.session, SessionState::Looked(Outcome::Valid))
     }
 
     /// The request id, for logs.
@@ -330,7 +329,6 @@ impl Gateway {
                         // decide() forwards with a token only for a valid session.
                         return Authorized::Refuse(Refusal::Unauthenticated);
                     };
-                    ctx.session_valid = true;
                     return match self.exchange.token(valid, &route.audience, route.token_ttl) {
                         Ok(jwt) => {
                             ctx.kid = Some(jwt.kid().clone());
@@ -382,7 +380,6 @@ impl ProxyHttp for Gateway {
             upstream: None,
             upstream_label: None,
             tries: 0,
-            session_valid: false,
             watched: None,
         }
     }
@@ -483,7 +480,7 @@ impl ProxyHttp for Gateway {
         for (name, value) in ctx.extra_headers() {
             upstream_response.insert_header(name, value.clone())?;
         }
-        if ctx.session_valid {
+        if ctx.session_valid() {
             self.watch_if_long_lived(session, upstream_response, ctx);
         }
         Ok(())
