@@ -11,11 +11,11 @@ use crate::harness::apps::{
     DjangoApp, DjangoCache, DjangoEngine, DjangoOptions, ExpressApp, ExpressOptions,
     new_express_secret,
 };
-use crate::harness::cli;
 use crate::harness::{
     Gateway, GatewayBuilder, RedisServer, Route, Upstream, assert_eventually, client, fetch_jwks,
     verify,
 };
+use crate::harness::{cli, scrape};
 
 /// The environment variable the gateway reads Express secrets from.
 const SECRETS_ENV: &str = "SG_TEST_EXPRESS_SECRETS";
@@ -51,14 +51,13 @@ fn last_claims(gw: &Gateway, up: &Upstream, aud: &str) -> crate::harness::Verifi
     verify(up.last().bearer(), &jwks, aud, gw.issuer())
 }
 
-/// The sum of the samples whose line starts with `line_start` (every `source` of a
-/// lookup result, say).
-fn metric(gw: &Gateway, line_start: &str) -> f64 {
-    gw.admin_get("/metrics")
-        .lines()
-        .filter(|l| l.starts_with(line_start))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// `sessiongate_session_lookups_total{result, source}`.
+fn lookups_total(gw: &Gateway, result: &str, source: &str) -> f64 {
+    scrape::value(
+        gw,
+        "sessiongate_session_lookups_total",
+        &[("result", result), ("source", source)],
+    )
 }
 
 #[test]
@@ -135,10 +134,11 @@ fn express_anonymous_sessions_and_bad_signatures_get_no_token() {
         "optional: no token"
     );
     assert!(
-        metric(
-            &gw,
-            r#"sessiongate_session_lookups_total{result="anonymous""#
-        ) >= 1.0
+        ["cache", "redis"]
+            .map(|source| lookups_total(&gw, "anonymous", source))
+            .iter()
+            .sum::<f64>()
+            >= 1.0
     );
 
     // Badly signed, unsigned and foreign-secret cookies: 401, refused before Redis.
@@ -160,12 +160,7 @@ fn express_anonymous_sessions_and_bad_signatures_get_no_token() {
         lookups,
         "no Redis call for a bad signature"
     );
-    assert!(
-        metric(
-            &gw,
-            r#"sessiongate_session_lookups_total{result="malformed",source="cookie"}"#
-        ) >= 4.0
-    );
+    assert!(lookups_total(&gw, "malformed", "cookie") >= 4.0);
     assert!(gw.is_alive());
 }
 
@@ -440,10 +435,5 @@ fn hostile_and_truncated_pickles_are_malformed_and_run_nothing() {
     }
     assert!(!marker.exists(), "nothing was executed");
     assert!(gw.is_alive());
-    assert!(
-        metric(
-            &gw,
-            r#"sessiongate_session_lookups_total{result="malformed",source="redis"}"#
-        ) >= 3.0
-    );
+    assert!(lookups_total(&gw, "malformed", "redis") >= 3.0);
 }
