@@ -1407,6 +1407,10 @@ hashed_keys = false\nsubject_field = "/user/id" | sessiongate | __Host-session |
                 "redis-sentinel://s1/0?sentinel%50assword=x",
                 "redis-sentinel://s1/0?sentinel%50assword=***",
             ),
+            (
+                "redis-sentinel://r/0?sentinelServiceName=\u{e9}sentinelPassword=x",
+                "redis-sentinel://r/0?sentinelServiceName=***",
+            ),
             ("redis://u:p/ss@h/0", "redis://***"),
             ("redis://u:12#34@h/0", "redis://***"),
             ("u:p@h", "***"),
@@ -1446,7 +1450,17 @@ hashed_keys = false\nsubject_field = "/user/id" | sessiongate | __Host-session |
             ("redis://u:Zp@ss:w0rd@redis.internal/0", "w0rd", false),
             ("redis://u:Zs3cr%2Fet@redis.internal/0", "Zs3cr", false),
             ("redis://u:%5As3cret@redis.internal/0", "%5As3cret", false),
-            ("redis://:Zs3cret@redis.internal/0?x=1", "Zs3cret", false),
+            ("redis://:Zs3cret@redis.internal/0?x=1", "Zs3cret", true),
+            (
+                "redis-sentinel://redis.internal/0?sentinelServiceName=m&sentinelPasword=Zs3",
+                "Zs3",
+                true,
+            ),
+            (
+                "redis-sentinel://redis.internal/0?sentinelServiceName=msentinelPassword=Zs3",
+                "Zs3",
+                false,
+            ),
             (
                 "redis-sentinel://redis.internal/0?sentinelServiceName=m&sentinelPassword=Zs3",
                 "Zs3",

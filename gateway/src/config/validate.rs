@@ -215,18 +215,20 @@ pub fn validate(dto: &ConfigDto) -> Result<Config, Vec<ConfigError>> {
     if v.0.is_empty() { Ok(config) } else { Err(v.0) }
 }
 
-/// `url` with every secret fred reads from it (the password, and query values such as
-/// `sentinelPassword`) replaced by `***`, for output and error messages:
+/// `url` with every secret fred reads from it (the password, and query values other
+/// than `sentinelServiceName`, `sentinelUsername` and `node`, or any value that names a
+/// password because an `&` was mistyped) replaced by `***`, for output and error messages:
 /// `redis://app:s3cret@h:6379/0` becomes `redis://app:***@h:6379/0`. When its parts are
 /// ambiguous (it does not parse, or a raw `/`, `?` or `#` in a password moved an `@` out
 /// of the user info) and it may hold a secret, only its scheme is kept. A URL without
 /// secrets is returned as it is.
 pub fn redact_url(raw: &str) -> Cow<'_, str> {
     let secret = |key: &str| key.to_ascii_lowercase().contains("password");
+    let public = ["sentinelServiceName", "sentinelUsername", "node"];
     match Url::parse(raw) {
         Ok(mut url) if !url[url::Position::BeforePath..].contains('@') => {
             let redact = |pair: &str| match url::form_urlencoded::parse(pair.as_bytes()).next() {
-                Some((key, _)) if secret(&key) => {
+                Some((key, value)) if !public.contains(&key.as_ref()) || secret(&value) => {
                     format!("{}=***", pair.split_once('=').map_or(pair, |(key, _)| key))
                 }
                 _ => pair.to_owned(),
@@ -537,8 +539,29 @@ fn redis_url(raw: &str) -> Result<bool, String> {
             "must be scheme://[user:password@]host[:port][/db][?query]; {ENCODE}"
         ));
     }
+    // fred ignores a query parameter it does not know, so a misspelt
+    // `sentinelPassword` would connect without it. The name is not quoted: a mistyped
+    // separator can put a secret in it.
+    if let Some(n) = url
+        .query_pairs()
+        .position(|(key, _)| !REDIS_QUERY_KEYS.contains(&key.as_ref()))
+    {
+        return Err(format!(
+            "query parameter {} is not one fred reads ({})",
+            n + 1,
+            REDIS_QUERY_KEYS.join(", ")
+        ));
+    }
     Ok(url.scheme().starts_with("rediss"))
 }
+
+/// The query parameters fred reads from a Redis URL.
+const REDIS_QUERY_KEYS: [&str; 4] = [
+    "sentinelServiceName",
+    "sentinelUsername",
+    "sentinelPassword",
+    "node",
+];
 
 fn session(s: &SessionDto, v: &mut Errors) -> SessionConfig {
     let [cookie, key_prefix, subject] = s.format.defaults();
