@@ -147,3 +147,31 @@ fn sentinel_finds_the_master_and_follows_a_failover() {
         "unauthenticated",
     );
 }
+
+/// SPEC "Configuration": `sentinelPassword` in a sentinel URL is the sentinels' own
+/// password. Without it a gateway cannot reach sentinels that require one, and says so
+/// by not being ready rather than serving.
+#[test]
+fn sentinels_with_their_own_password_are_reached_with_sentinel_password() {
+    let topo = RedisSentinel::start_with_password("sentinel-only-pw");
+    let up = Upstream::echo("echo");
+    let url = topo.url();
+    assert!(url.contains("&sentinelPassword="), "{url}");
+    let gw = GatewayBuilder::new(&url)
+        .route(Route::new("payments", "/api/payments", &[up.addr()]).critical())
+        .start();
+    let http = client();
+    let cookie = new_cookie();
+    let key = session_key(gw.key_prefix(), &cookie);
+    topo.master.set_session(&key, &session_json("alice"), 3600);
+    assert_eq!(status(&http, &gw.url("/api/payments/1"), &cookie), 200);
+
+    let without = url.split("&sentinelPassword=").next().unwrap().to_owned();
+    let blind = GatewayBuilder::new(&without)
+        .route(Route::new("payments", "/api/payments", &[up.addr()]).critical())
+        .start_alive();
+    crate::harness::eventually::pause(Duration::from_secs(2));
+    let ready = http.get(blind.admin_url("/readyz")).send().unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(status(&http, &blind.url("/api/payments/1"), &cookie), 503);
+}

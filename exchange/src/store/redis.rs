@@ -64,6 +64,22 @@ pub struct RedisSettings {
 /// [`Error::Config`] when the URL does not parse, `ca_file` is given for a URL without
 /// TLS, or the CA file cannot be read or holds no certificate.
 pub fn fred_config(url: &str, ca_file: Option<&Path>) -> Result<Config, Error> {
+    let mut config = parse_url(url, ca_file)?;
+    // Sentinels share the servers' credentials unless `sentinelUsername` /
+    // `sentinelPassword` give them their own.
+    if let ServerConfig::Sentinel {
+        username, password, ..
+    } = &mut config.server
+        && username.is_none()
+        && password.is_none()
+    {
+        username.clone_from(&config.username);
+        password.clone_from(&config.password);
+    }
+    Ok(config)
+}
+
+fn parse_url(url: &str, ca_file: Option<&Path>) -> Result<Config, Error> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| Error::Config(format!("`{url}` is not a Redis URL")))?;
@@ -751,6 +767,36 @@ mod tests {
         assert!(config.tls.is_none());
         let message = config_error("redis://127.0.0.1:6379/0", Some(Path::new("/ca.pem")));
         assert!(message.contains("only to rediss://"), "{message}");
+    }
+
+    #[test]
+    fn sentinels_use_their_own_credentials_or_the_servers() {
+        let sentinel_auth = |url: &str| match fred_config(url, None).unwrap().server {
+            ServerConfig::Sentinel {
+                username, password, ..
+            } => (username, password),
+            other => panic!("{url}: not a sentinel config: {other:?}"),
+        };
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            sentinel_auth("redis-sentinel://app:pw@s1:26379/0?sentinelServiceName=m"),
+            (some("app"), some("pw"))
+        );
+        assert_eq!(
+            sentinel_auth(
+                "redis-sentinel://app:pw@s1/0?sentinelServiceName=m\
+                 &sentinelUsername=watch&sentinelPassword=spw"
+            ),
+            (some("watch"), some("spw"))
+        );
+        assert_eq!(
+            sentinel_auth("redis-sentinel://s1/0?sentinelServiceName=m&sentinelPassword=spw"),
+            (None, some("spw"))
+        );
+        assert_eq!(
+            sentinel_auth("redis-sentinel://s1/0?sentinelServiceName=m"),
+            (None, None)
+        );
     }
 
     #[test]

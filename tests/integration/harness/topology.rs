@@ -198,6 +198,8 @@ pub(crate) struct RedisSentinel {
     pub(crate) replica: RedisServer,
     sentinels: Vec<Sentinel>,
     quorum: usize,
+    /// The sentinels' own password (`requirepass`), when they have one.
+    password: Option<String>,
 }
 
 /// One `redis-server --sentinel` process.
@@ -220,12 +222,25 @@ impl RedisSentinel {
         Self::start_with(1, 1)
     }
 
+    /// Like [`RedisSentinel::start`], but the sentinel requires `password` (its own, not
+    /// the servers'), and [`RedisSentinel::url`] passes it as `sentinelPassword`.
+    ///
+    /// # Panics
+    /// If the topology does not form within 20 s.
+    pub(crate) fn start_with_password(password: &str) -> Self {
+        Self::form(1, 1, Some(password.to_owned()))
+    }
+
     /// Starts a master, its replica and `sentinels` sentinels agreeing with `quorum`, and
     /// waits until every sentinel sees the replica and the other sentinels.
     ///
     /// # Panics
     /// If the topology does not form within 20 s.
     pub(crate) fn start_with(sentinels: usize, quorum: usize) -> Self {
+        Self::form(sentinels, quorum, None)
+    }
+
+    fn form(sentinels: usize, quorum: usize, password: Option<String>) -> Self {
         let master = RedisServer::start();
         let replica =
             RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port().to_string()]);
@@ -241,6 +256,7 @@ impl RedisSentinel {
             replica,
             sentinels: Vec::new(),
             quorum,
+            password,
         };
         for _ in 0..sentinels {
             s.add_sentinel();
@@ -271,11 +287,15 @@ impl RedisSentinel {
         };
         for _ in 0..5 {
             sentinel.port = free_port();
-            sentinel.spawn(self.master.port(), self.quorum);
+            sentinel.spawn(self.master.port(), self.quorum, self.password.as_deref());
             let ready = super::eventually::poll(
                 || {
-                    cli_at(sentinel.port, &["SENTINEL", "REPLICAS", SENTINEL_SERVICE])
-                        .is_some_and(|r| r.contains(&self.replica.port().to_string()))
+                    cli_at(
+                        sentinel.port,
+                        self.password.as_deref(),
+                        &["SENTINEL", "REPLICAS", SENTINEL_SERVICE],
+                    )
+                    .is_some_and(|r| r.contains(&self.replica.port().to_string()))
                 },
                 Duration::from_secs(20),
             );
@@ -289,7 +309,8 @@ impl RedisSentinel {
     }
 
     /// fred's sentinel URL: `redis-sentinel://127.0.0.1:SENTINEL/0?sentinelServiceName=…`,
-    /// with `&node=127.0.0.1:PORT` for every other sentinel.
+    /// with `&node=127.0.0.1:PORT` for every other sentinel and `&sentinelPassword=…` when
+    /// the sentinels have a password.
     pub(crate) fn url(&self) -> String {
         let mut url = format!(
             "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName={SENTINEL_SERVICE}",
@@ -297,6 +318,9 @@ impl RedisSentinel {
         );
         for s in &self.sentinels[1..] {
             url.push_str(&format!("&node=127.0.0.1:{}", s.port));
+        }
+        if let Some(password) = &self.password {
+            url.push_str(&format!("&sentinelPassword={password}"));
         }
         url
     }
@@ -314,7 +338,7 @@ impl RedisSentinel {
     }
 
     fn cli_of(&self, i: usize, args: &[&str]) -> Option<String> {
-        cli_at(self.sentinels[i].port, args)
+        cli_at(self.sentinels[i].port, self.password.as_deref(), args)
     }
 
     /// Every sentinel's log so far.
@@ -326,10 +350,17 @@ impl RedisSentinel {
     }
 }
 
-/// `redis-cli -p port ARGS`; `None` when it fails or answers an error or nothing.
-fn cli_at(port: u16, args: &[&str]) -> Option<String> {
+/// `redis-cli -p port [--pass password] ARGS`; `None` when it fails or answers an error
+/// or nothing.
+fn cli_at(port: u16, password: Option<&str>, args: &[&str]) -> Option<String> {
     let out = Command::new("redis-cli")
         .args(["-p", &port.to_string()])
+        .args(
+            password
+                .map(|p| ["--no-auth-warning", "--pass", p])
+                .iter()
+                .flatten(),
+        )
         .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -344,7 +375,7 @@ impl Sentinel {
         std::fs::read_to_string(self.dir.path().join("sentinel.log")).unwrap_or_default()
     }
 
-    fn spawn(&mut self, master: u16, quorum: usize) {
+    fn spawn(&mut self, master: u16, quorum: usize, password: Option<&str>) {
         let conf = self.dir.path().join("sentinel.conf");
         std::fs::write(
             &conf,
@@ -353,9 +384,10 @@ impl Sentinel {
                  sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {master} {quorum}\n\
                  sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n\
                  sentinel failover-timeout {SENTINEL_SERVICE} 10000\n\
-                 sentinel parallel-syncs {SENTINEL_SERVICE} 1\n",
+                 sentinel parallel-syncs {SENTINEL_SERVICE} 1\n{auth}",
                 port = self.port,
                 dir = self.dir.path().display(),
+                auth = password.map_or(String::new(), |p| format!("requirepass {p}\n")),
             ),
         )
         .expect("write sentinel.conf");
