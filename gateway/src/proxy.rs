@@ -403,11 +403,13 @@ impl ProxyHttp for Gateway {
                     .await;
             }
         };
+        // The rare paths are boxed: their futures would otherwise make every request's
+        // future larger, and it is allocated and copied on each request.
         if target.path.as_str() == jwks::PATH {
-            return self.serve_jwks(session, ctx).await;
+            return Box::pin(self.serve_jwks(session, ctx)).await;
         }
         if settings.exchange_path.as_deref() == Some(target.path.as_str()) {
-            return crate::exchange_endpoint::serve(self, session, ctx).await;
+            return Box::pin(crate::exchange_endpoint::serve(self, session, ctx)).await;
         }
         let routes = self.routes.load();
         let Some(route) = routes.find(target.host.as_deref(), &target.path).cloned() else {
@@ -447,7 +449,7 @@ impl ProxyHttp for Gateway {
                 ctx.bearer = jwt.map(|jwt| jwt.framed().clone());
                 if upgrade {
                     let tunnels = self.tunnels.clone();
-                    return crate::tunnel::serve(self, &tunnels, session, ctx).await;
+                    return Box::pin(crate::tunnel::serve(self, &tunnels, session, ctx)).await;
                 }
                 Ok(false)
             }

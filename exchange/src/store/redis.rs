@@ -307,12 +307,21 @@ impl RedisStore {
     /// resynchronizing, a connected client of the key's primary instead.
     async fn client_for(&self, op: &'static str, key: &str) -> Result<Picked, Error> {
         let pooled = self.client(op);
-        if pooled.is_ok() {
-            return pooled;
+        match &self.nodes {
+            // Boxed: connecting a node client is a large future that every command's
+            // own future would otherwise carry (and copy) on the common path.
+            Some(nodes) if pooled.is_err() => Box::pin(self.node_for(nodes, key, pooled)).await,
+            _ => pooled,
         }
-        let Some(nodes) = &self.nodes else {
-            return pooled;
-        };
+    }
+
+    /// A connected client of `key`'s primary, or `pooled` when there is none.
+    async fn node_for(
+        &self,
+        nodes: &Nodes,
+        key: &str,
+        pooled: Result<Picked, Error>,
+    ) -> Result<Picked, Error> {
         let slot = fred::util::redis_keyslot(key.as_bytes());
         let Some(server) = self
             .pool
@@ -479,7 +488,6 @@ impl RedisStore {
             && matches!(e.kind(), fred::error::ErrorKind::Timeout)
             && !picked.client.is_connected();
         let err = self.fail(op, e, picked, started);
-        tracing::warn!(stalled, pooled = ?picked.pooled, connected = picked.client.is_connected(), kind = ?e.kind(), "DEBUG retry_or_fail");
         if stalled && let Ok(retry) = self.client_for(op, key).await {
             return Ok(Picked {
                 pooled: None,
