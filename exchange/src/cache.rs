@@ -13,8 +13,9 @@
 //! Tokens live in a second cache under the same key, in their own byte bound, and belong
 //! to the [`Entry`] they were minted for (its serial): invalidating a session drops its
 //! tokens, and a token is never handed out with any other entry, so a token is never
-//! given for a session the cache no longer trusts. Evicting a token leaves its session
-//! cached (the next request mints).
+//! given for a session the cache no longer trusts. A read that finds the cached session
+//! unchanged keeps its entry's serial, and so its tokens. Evicting a token leaves its
+//! session cached (the next request mints).
 //!
 //! Memory is bounded by weight: each entry weighs its measured size in bytes (see
 //! `SLOT_BYTES` and docs/performance.md), but at least `max_bytes / max_entries`, so
@@ -642,7 +643,7 @@ impl SessionCache {
         let cached = self.peek(digest);
         if freshness == Freshness::Live {
             let generation = self.generation(digest);
-            let mut entry = load().await?;
+            let mut entry = Self::refreshing(cached.as_deref(), load().await?);
             if !entry.expiry_settled() {
                 // A value read without its key's expiry: it keeps the expiry of the
                 // same kind of entry it replaces (a key's TTL does not shrink without a
@@ -744,7 +745,9 @@ impl SessionCache {
         let result = flight
             .result
             .get_or_init(|| async {
-                let result = load().await.map(Arc::new);
+                let result = load()
+                    .await
+                    .map(|entry| Arc::new(Self::refreshing(self.peek(digest).as_deref(), entry)));
                 if let Ok(entry) = &result {
                     self.insert_if_current(*digest, entry, flight.generation);
                 }
@@ -802,6 +805,22 @@ impl SessionCache {
     /// The invalidation generation of `key`'s bucket; read it before a store read.
     pub fn generation(&self, key: &[u8; 32]) -> u64 {
         self.bucket(key).load(Ordering::Acquire)
+    }
+
+    /// `entry`, read again from the store, as a refresh of `cached`: when the store still
+    /// holds the same session it keeps `cached`'s serial, so the tokens minted for it stay
+    /// reusable (otherwise a session read again every `cache_ttl` is signed again for
+    /// every audience each time). A changed session gets its own serial, and a revoked
+    /// one is no longer cached to refresh (invalidation drops it and its tokens).
+    fn refreshing(cached: Option<&Entry>, mut entry: Entry) -> Entry {
+        if let Some(cached) = cached
+            && entry.kind == Kind::Session
+            && cached.kind == Kind::Session
+            && cached.session == entry.session
+        {
+            entry.serial = cached.serial;
+        }
+        entry
     }
 
     /// Caches `entry` unless `digest` was invalidated since `generation` was read, in

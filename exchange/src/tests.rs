@@ -197,6 +197,50 @@ async fn tokens_are_reused_on_cached_routes_and_fresh_on_live_ones() {
     assert_eq!(claims["sid"], live.session().sid().as_str());
 }
 
+/// A session read again once its cache entry is no longer trusted keeps its tokens
+/// while the store holds the same session; a changed session gets a new one.
+#[tokio::test]
+async fn tokens_outlive_a_refresh_of_an_unchanged_session() {
+    let ttl = Duration::from_millis(20);
+    let (ex, store) = exchange(ttl);
+    let t = cookie(1);
+    put(&store, &t, r#"{"sub":"u","roles":["a"]}"#).await;
+    let (aud, token_ttl) = (Audience::new("orders"), Duration::from_secs(300));
+    let read = async || match ex.lookup(&t, Freshness::Cached).await {
+        SessionLookup::Valid(v) => v,
+        other => panic!("{other:?}"),
+    };
+    let first = ex.token(&read().await, &aud, token_ttl).unwrap();
+    tokio::time::sleep(ttl * 2).await;
+    let refreshed = read().await;
+    assert_eq!(
+        refreshed.source(),
+        Source::Redis,
+        "the entry was read again"
+    );
+    assert_eq!(
+        ex.token(&refreshed, &aud, token_ttl).unwrap().jwt(),
+        first.jwt()
+    );
+    // A critical read of the same session does not take the token away either.
+    let SessionLookup::Valid(_) = ex.lookup(&t, Freshness::Live).await else {
+        panic!("live lookup")
+    };
+    assert_eq!(
+        ex.token(&read().await, &aud, token_ttl).unwrap().jwt(),
+        first.jwt()
+    );
+
+    put(&store, &t, r#"{"sub":"u","roles":["a","b"]}"#).await;
+    tokio::time::sleep(ttl * 2).await;
+    let changed = ex.token(&read().await, &aud, token_ttl).unwrap();
+    assert_ne!(
+        changed.jwt(),
+        first.jwt(),
+        "a changed session is signed again"
+    );
+}
+
 #[tokio::test]
 async fn revocation_drops_cached_tokens() {
     let (ex, store) = exchange(Duration::from_secs(60));
