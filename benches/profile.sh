@@ -10,8 +10,9 @@
 # difference between a path's breakdown and bare's is what the gateway adds.
 # ACCESS_LOG=off turns the access log off; PERF=off measures CPU per request only.
 # MEASURE=instructions counts the proxy's user-space instructions per request under
-# callgrind instead (REQUESTS, default 2000, one at a time; needs valgrind): exact and
-# repeatable where CPU time on a shared machine is not, but blind to the kernel.
+# callgrind instead (REQUESTS, default 2000, one at a time; needs valgrind): within ~2%
+# from run to run where CPU time on a shared machine moves by ±40%, but blind to the
+# kernel.
 # Runs from the repository root after a release build (`cargo bench -p gateway --bench load --no-run`, same CARGO_TARGET_DIR), which
 # also builds the load bench's upstream. Needs perf (Debian: linux-perf), wrk,
 # redis-server, python3; `kernel.perf_event_paranoid` at most 1 (as root it is set).
