@@ -407,9 +407,7 @@ impl Exchange {
     ) -> Result<SignedJwt, Error> {
         let now = unix_now();
         if valid.live {
-            return self
-                .minter
-                .mint(&valid.session, audience, ttl, now, valid.confirmed_at);
+            return self.fresh_token(valid, audience, ttl);
         }
         let entry = valid.session.entry();
         let keyset = self.minter.keyring().load();
@@ -428,6 +426,26 @@ impl Exchange {
         self.cache
             .keep_token(valid.digest, entry, audience.shared(), ttl, jwt.clone());
         Ok(jwt)
+    }
+
+    /// A token minted now for `valid` and `audience`, never a kept one and not kept for
+    /// reuse: its whole `ttl` lies ahead (with `chk` when the session was read live).
+    ///
+    /// # Errors
+    /// [`Error::NoSigningKey`] or [`Error::Sign`].
+    pub fn fresh_token(
+        &self,
+        valid: &ValidSession,
+        audience: &Audience,
+        ttl: Duration,
+    ) -> Result<SignedJwt, Error> {
+        self.minter.mint(
+            &valid.session,
+            audience,
+            ttl,
+            unix_now(),
+            valid.confirmed_at,
+        )
     }
 }
 

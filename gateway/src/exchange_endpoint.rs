@@ -78,7 +78,12 @@ pub async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) ->
         cross_site: false,
         login: None,
     };
-    let jwt = match gw.authorize(ctx, &route, request, presented.as_ref()).await {
+    // Always a fresh token: the client asked for one, and `expires_in` is then the
+    // route's whole token lifetime, as SPEC shows it.
+    let jwt = match gw
+        .authorize(ctx, &route, request, presented.as_ref(), true)
+        .await
+    {
         Authorized::Refuse(refusal) => return gw.refuse(session, ctx, refusal).await,
         Authorized::Forward(Some(jwt)) => jwt,
         Authorized::Forward(None) => {

@@ -294,12 +294,14 @@ impl Gateway {
 
     /// Looks the session up and decides, until the request is to be forwarded (with the
     /// token minted for it, if any) or refused. Writes nothing: the caller answers.
+    /// `fresh`: the token is minted for this request even where one may be reused.
     pub(crate) async fn authorize(
         &self,
         ctx: &mut RequestCtx,
         route: &Route,
         request: decide::Request<'_>,
         presented: Presented<'_>,
+        fresh: bool,
     ) -> Authorized {
         let mut state = match presented {
             Presented::Absent => decide::Session::Absent,
@@ -329,7 +331,13 @@ impl Gateway {
                         // decide() forwards with a token only for a valid session.
                         return Authorized::Refuse(Refusal::Unauthenticated);
                     };
-                    return match self.exchange.token(valid, &route.audience, route.token_ttl) {
+                    let minted = if fresh {
+                        self.exchange
+                            .fresh_token(valid, &route.audience, route.token_ttl)
+                    } else {
+                        self.exchange.token(valid, &route.audience, route.token_ttl)
+                    };
+                    return match minted {
                         Ok(jwt) => {
                             ctx.kid = Some(jwt.kid().clone());
                             Authorized::Forward(Some(jwt))
@@ -443,7 +451,7 @@ impl ProxyHttp for Gateway {
                 .headers
                 .get(http::header::UPGRADE)
                 .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
-        match self.authorize(ctx, &route, request, presented).await {
+        match self.authorize(ctx, &route, request, presented, false).await {
             Authorized::Refuse(refusal) => self.refuse(session, ctx, refusal).await,
             Authorized::Forward(jwt) => {
                 ctx.bearer = jwt.map(|jwt| jwt.framed().clone());

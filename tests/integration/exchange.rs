@@ -78,6 +78,36 @@ fn exchange_returns_a_verifiable_token_for_a_configured_audience() {
     );
 }
 
+/// The exchange endpoint mints for the request, even when the proxy keeps a token for
+/// the same session and audience: `expires_in` is the whole lifetime, and the token is
+/// not the one forwarded upstream a second earlier.
+#[test]
+fn exchange_mints_a_fresh_token_even_when_one_is_kept() {
+    let s = start();
+    let cookie = s.login("user-kept");
+    let forwarded = s
+        .echoed_bearer("/api/orders/1", &cookie)
+        .expect("the cached route forwards a token");
+    assert_eq!(
+        s.echoed_bearer("/api/orders/2", &cookie).as_deref(),
+        Some(forwarded.as_str()),
+        "the cached route reuses its token"
+    );
+    // Into the next second, so that a reused token would have less than 300 s left.
+    crate::harness::eventually::pause(Duration::from_millis(1100));
+    let resp = exchange(
+        &s,
+        Some(&cookie),
+        Some(ALLOWED_ORIGIN),
+        &json!({"audience": "orders-api"}),
+    );
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().expect("JSON");
+    assert_eq!(body["expires_in"], 300, "{body}");
+    let kept = forwarded.strip_prefix("Bearer ").expect("a bearer header");
+    assert_ne!(body["access_token"].as_str(), Some(kept));
+}
+
 #[test]
 fn exchange_refuses_missing_sessions_bad_origins_and_unknown_audiences() {
     let s = start();
