@@ -96,7 +96,9 @@ pub async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) ->
     let body = TokenResponse {
         access_token: jwt.jwt(),
         token_type: "Bearer",
-        expires_in: jwt.exp().saturating_sub(exchange::unix_now()),
+        // Minted just now for the route's lifetime: exactly that, even if a second
+        // boundary passed since.
+        expires_in: route.token_ttl.as_secs(),
     };
     let (mut header, body) = respond::json(200, &body)?;
     if let Some(origin) = origin {
