@@ -405,10 +405,10 @@ impl Exchange {
         audience: &Audience,
         ttl: Duration,
     ) -> Result<SignedJwt, Error> {
-        let now = unix_now();
         if valid.live {
             return self.fresh_token(valid, audience, ttl);
         }
+        let now = unix_now();
         let entry = valid.session.entry();
         let keyset = self.minter.keyring().load();
         let reusable = |jwt: &SignedJwt| {

@@ -224,11 +224,12 @@ pub fn validate(dto: &ConfigDto) -> Result<Config, Vec<ConfigError>> {
 /// secrets is returned as it is.
 pub fn redact_url(raw: &str) -> Cow<'_, str> {
     let secret = |key: &str| key.to_ascii_lowercase().contains("password");
-    let public = ["sentinelServiceName", "sentinelUsername", "node"];
+    // Public: a parameter fred reads that does not name a password.
+    let public = |key: &str| REDIS_QUERY_KEYS.contains(&key) && !secret(key);
     match Url::parse(raw) {
         Ok(mut url) if !url[url::Position::BeforePath..].contains('@') => {
             let redact = |pair: &str| match url::form_urlencoded::parse(pair.as_bytes()).next() {
-                Some((key, value)) if !public.contains(&key.as_ref()) || secret(&value) => {
+                Some((key, value)) if !public(&key) || secret(&value) => {
                     format!("{}=***", pair.split_once('=').map_or(pair, |(key, _)| key))
                 }
                 _ => pair.to_owned(),
