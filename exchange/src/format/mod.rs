@@ -17,7 +17,6 @@ pub mod express;
 pub mod native;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -209,7 +208,7 @@ impl Malformed {
 /// A decoded value: JSON text (read lazily, field by field), or decoded data.
 pub enum Document<'a> {
     /// A JSON object, as text.
-    Json(HashMap<Cow<'a, str>, &'a RawValue>),
+    Json(JsonObject<'a>),
     /// Decoded data (a pickle).
     Value(serde_json::Value),
 }
@@ -260,21 +259,80 @@ impl<'a> Document<'a> {
     }
 }
 
+/// A JSON object's members as text, in document order. A session holds a handful of
+/// fields and is read for three or four of them, so a linear search beats hashing every
+/// name (SipHash and a growing table cost more than the rest of the decode). As with
+/// a map, the last of duplicate names wins.
+pub struct JsonObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> JsonObject<'a> {
+    /// The member named `name`.
+    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|&(_, v)| v)
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for JsonObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Members<'a> {
+            type Value = JsonObject<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
+                while let Some(Name(name)) = map.next_key::<Name<'a>>()? {
+                    members.push((name, map.next_value::<&'a RawValue>()?));
+                }
+                Ok(JsonObject(members))
+            }
+        }
+        deserializer.deserialize_map(Members(std::marker::PhantomData))
+    }
+}
+
+/// A member name, borrowed from the text unless it had escapes to undo (serde's own
+/// `Cow` always copies).
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Name<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Text<'a> {
+            type Value = Name<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Text(std::marker::PhantomData))
+    }
+}
+
 /// The value at `segments` below a JSON object's fields, without decoding anything but
 /// the objects and arrays on the way.
-fn raw_at<'a>(
-    top: &HashMap<Cow<'a, str>, &'a RawValue>,
-    segments: &[Box<str>],
-) -> Option<&'a RawValue> {
+fn raw_at<'a>(top: &JsonObject<'a>, segments: &[Box<str>]) -> Option<&'a RawValue> {
     let (first, rest) = segments.split_first()?;
-    let mut current: &'a RawValue = top.get(&**first)?;
+    let mut current: &'a RawValue = top.get(first)?;
     for segment in rest {
         let text: &'a str = current.get();
         current = match text.as_bytes().first()? {
             b'{' => {
-                let object: HashMap<Cow<'a, str>, &'a RawValue> =
-                    serde_json::from_str(text).ok()?;
-                *object.get(&**segment)?
+                let object: JsonObject<'a> = serde_json::from_str(text).ok()?;
+                object.get(segment)?
             }
             b'[' => {
                 let array: Vec<&'a RawValue> = serde_json::from_str(text).ok()?;
@@ -667,6 +725,25 @@ mod tests {
         assert_eq!(parse_hex32(&hex.to_uppercase()), None);
         assert_eq!(parse_hex32(&hex[1..]), None);
         assert_eq!(parse_hex32(&"zz".repeat(32)), None);
+    }
+
+    #[test]
+    fn object_members_are_found_by_name_the_last_duplicate_winning() {
+        let text = br#"{"a":1,"b\u0061":2,"a":3,"n":{"x":{"y":[4,5]},"x":{"y":[6,7]}}}"#;
+        let Ok(Document::Json(object)) = Document::json(text) else {
+            panic!("an object");
+        };
+        assert_eq!(object.get("a").map(RawValue::get), Some("3"));
+        assert_eq!(
+            object.get("ba").map(RawValue::get),
+            Some("2"),
+            "escapes undone"
+        );
+        assert!(object.get("b").is_none());
+        let path: Vec<Box<str>> = ["n", "x", "y", "1"].map(Box::from).to_vec();
+        assert_eq!(raw_at(&object, &path).map(RawValue::get), Some("7"));
+        assert!(Document::json(b"[1,2]").is_err());
+        assert!(Document::json(b"{\"a\":}").is_err());
     }
 
     #[test]
