@@ -167,6 +167,9 @@ pub struct Minter {
     issuer_json: Box<str>,
     jti: JtiSource,
     metrics: Arc<Metrics>,
+    /// `sessiongate_tokens_minted_total` of the key that signed last, resolved once per
+    /// key rather than looked up by label on every token.
+    minted: arc_swap::ArcSwapOption<(Kid, prometheus::IntCounter)>,
 }
 
 impl Minter {
@@ -178,6 +181,7 @@ impl Minter {
             issuer_json: json_string(issuer).into_boxed_str(),
             jti: JtiSource::new(),
             metrics,
+            minted: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -213,10 +217,7 @@ impl Minter {
         let exp = now + ttl.as_secs();
         let claims = self.claims_json(session, audience, now, exp, chk);
         let jwt = sign(key, self.frame, &claims)?;
-        self.metrics
-            .tokens_minted
-            .with_label_values(&[key.alg().as_str(), key.kid().as_str()])
-            .inc();
+        self.count_minted(key);
         Ok(SignedJwt {
             framed: Bytes::from(jwt),
             frame: u8::try_from(self.frame.len()).unwrap_or(0),
@@ -224,6 +225,23 @@ impl Minter {
             iat: now,
             exp,
         })
+    }
+
+    /// Counts a token signed by `key`.
+    fn count_minted(&self, key: &SigningKey) {
+        if let Some(last) = &*self.minted.load()
+            && last.0 == *key.kid()
+        {
+            last.1.inc();
+            return;
+        }
+        let counter = self
+            .metrics
+            .tokens_minted
+            .with_label_values(&[key.alg().as_str(), key.kid().as_str()]);
+        counter.inc();
+        self.minted
+            .store(Some(Arc::new((key.kid().clone(), counter))));
     }
 
     /// The claims object as JSON text.

@@ -610,10 +610,14 @@ impl ProxyHttp for Gateway {
             );
         }
         let elapsed = ctx.started.elapsed();
-        self.metrics
-            .requests
-            .with_label_values(&[route, status_label(status)])
-            .inc();
+        match &ctx.route {
+            Some(r) if status == 200 => r.served_ok.inc(),
+            _ => self
+                .metrics
+                .requests
+                .with_label_values(&[route, status_label(status)])
+                .inc(),
+        }
         match &ctx.route {
             Some(r) => r.duration.observe(elapsed.as_secs_f64()),
             None => self

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use exchange::Audience;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
-use prometheus::Histogram;
+use prometheus::{Histogram, IntCounter};
 
 use crate::config::{AuthMode, RouteConfig};
 use crate::path::{NormalizedPath, matches_prefix};
@@ -50,6 +50,9 @@ pub struct Route {
     pub upstreams: Upstreams,
     /// Pre-resolved request duration histogram for this route.
     pub duration: Histogram,
+    /// Pre-resolved `sessiongate_requests_total{status="200"}` of this route, the
+    /// counter nearly every request increments.
+    pub served_ok: IntCounter,
 }
 
 /// A route's upstreams: round-robin over backends, skipping ones that recently failed.
@@ -285,6 +288,9 @@ impl RouteTable {
                 duration: metrics
                     .request_duration
                     .with_label_values(&[rc.name.as_str()]),
+                served_ok: metrics
+                    .requests
+                    .with_label_values(&[rc.name.as_str(), "200"]),
             }));
         }
         // Host-specific routes first, then longer prefixes first: the first match wins.
