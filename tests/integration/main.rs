@@ -11,6 +11,7 @@ mod admin;
 mod chaos;
 mod claims;
 mod cli;
+mod critical_reads;
 mod deploy;
 mod dev;
 mod edge;

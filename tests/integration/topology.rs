@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
 
+use crate::critical_reads::direct_clients;
 use crate::harness::topology::{RedisCluster, RedisSentinel};
 use crate::harness::{
     GatewayBuilder, Route, Upstream, assert_eventually, assert_refusal, client, cookie_header,
@@ -105,6 +106,10 @@ fn sentinel_finds_the_master_and_follows_a_failover() {
     assert_eq!(topo.master.cli(&["WAIT", "1", "5000"]), "1");
     assert_eq!(status(&http, &gw.url("/api/payments/1"), &cookie), 200);
     assert_eq!(status(&http, &gw.url("/api/orders/1"), &cookie), 200);
+    assert!(
+        !direct_clients(&topo.master.cli(&["CLIENT", "LIST"])).is_empty(),
+        "the critical route reads the master found through Sentinel directly"
+    );
 
     let old_master = topo.master.port();
     topo.master.stop();
@@ -129,6 +134,10 @@ fn sentinel_finds_the_master_and_follows_a_failover() {
         status(&http, &gw.url("/api/payments/1"), &cookie) == 200,
         Duration::from_secs(30),
         "the gateway did not follow the failover"
+    );
+    assert!(
+        !direct_clients(&topo.replica.cli(&["CLIENT", "LIST"])).is_empty(),
+        "direct reads followed the failover to the promoted replica"
     );
     assert_eq!(
         verify(

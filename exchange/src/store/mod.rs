@@ -1,5 +1,6 @@
 //! Where sessions live: the `SessionStore` trait, Redis (fred) and in-memory stores.
 
+mod direct;
 pub mod memory;
 pub mod redis;
 

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use fred::interfaces::EventInterface as _;
 use fred::prelude::{
     Builder, Client, ClientLike, ClusterInterface, Config, Expiration, KeysInterface, Pool,
     ReconnectPolicy, SetsInterface,
@@ -40,6 +41,7 @@ use futures::StreamExt as _;
 use futures::stream::BoxStream;
 
 use super::SessionStore;
+use super::direct::{self, Direct};
 use crate::Error;
 use crate::metrics::Metrics;
 
@@ -159,6 +161,62 @@ pub struct RedisStore {
     /// Cluster only: plain clients of the primaries, for reads while the cluster client
     /// resynchronizes.
     nodes: Option<Arc<Nodes>>,
+    /// Standalone servers over plain TCP: the connections of direct session reads
+    /// ([`direct`]).
+    direct: Option<Arc<Direct>>,
+    /// `sessiongate_redis_command_duration_seconds{command="GET"}`, resolved once: a
+    /// session read is the one command of every critical request.
+    get_duration: prometheus::Histogram,
+}
+
+/// Direct-read connections allowed per pooled fred connection.
+const DIRECT_PER_POOLED: usize = 32;
+
+/// Direct reads for `config`, over plain TCP to a standalone server or a Sentinel's
+/// primary; `None` for TLS and Cluster. A standalone server is known at once; behind
+/// Sentinel the pool is pointed at each primary fred connects to ([`follow_primary`]).
+fn direct_reads(config: &Config, settings: &RedisSettings) -> Option<Arc<Direct>> {
+    if config.tls.is_some() {
+        return None;
+    }
+    let login = direct::Login {
+        auth: config
+            .password
+            .clone()
+            .map(|password| (config.username.clone(), password)),
+        database: config.database,
+    };
+    let direct = match &config.server {
+        ServerConfig::Centralized { .. } | ServerConfig::Sentinel { .. } => Direct::new(
+            login,
+            settings.timeout,
+            settings.pool_size.max(1) * DIRECT_PER_POOLED,
+        ),
+        _ => return None,
+    };
+    if let ServerConfig::Centralized { server } = &config.server {
+        direct.point_at(&server.host, server.port);
+    }
+    Some(Arc::new(direct))
+}
+
+/// Points `direct` at every server `client` (re)connects to: behind Sentinel, the
+/// primary it found. Runs until the client is dropped.
+fn follow_primary(client: &Client, direct: &Arc<Direct>) {
+    let mut connected = client.reconnect_rx();
+    let direct = Arc::downgrade(direct);
+    tokio::spawn(async move {
+        loop {
+            match connected.recv().await {
+                Ok(server) => match direct.upgrade() {
+                    Some(direct) => direct.point_at(&server.host, server.port),
+                    None => return,
+                },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 /// A client of the pool, or of one cluster node, picked for one command.
@@ -236,18 +294,28 @@ impl RedisStore {
                 last_used: AtomicU64::new(0),
             })
         });
+        let direct = direct_reads(&config, settings);
+        let sentinel = matches!(config.server, ServerConfig::Sentinel { .. });
         let pool = builder(config, settings)
             .build_pool(settings.pool_size.max(1))
             .map_err(|e| Error::Config(e.to_string()))?;
+        if let Some(direct) = direct.as_ref().filter(|_| sentinel) {
+            // Subscribed before connecting: the first primary found is not missed.
+            for client in pool.clients() {
+                follow_primary(client, direct);
+            }
+        }
         let _handles = pool.connect_pool();
         let forced = (0..pool.size()).map(|_| AtomicU64::new(0)).collect();
         Ok(Self {
             pool,
-            metrics,
             forced,
             epoch: Instant::now(),
             runtime: tokio::runtime::Handle::current(),
             nodes,
+            direct,
+            get_duration: metrics.redis_command_duration.with_label_values(&["GET"]),
+            metrics,
         })
     }
 
@@ -465,10 +533,15 @@ impl RedisStore {
     }
 
     fn observe(&self, op: &'static str, started: Instant) {
-        self.metrics
-            .redis_command_duration
-            .with_label_values(&[op])
-            .observe(started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        if op == "GET" {
+            self.get_duration.observe(seconds);
+        } else {
+            self.metrics
+                .redis_command_duration
+                .with_label_values(&[op])
+                .observe(seconds);
+        }
     }
 
     /// A read of `key` on `picked` failed with `e`. In a cluster whose pooled client
@@ -545,6 +618,33 @@ fn store_error(op: &'static str, e: &fred::error::Error) -> Error {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        if let Some(direct) = &self.direct {
+            // fred's view of the server decides whether it is reachable: while its
+            // connections are down a read fails at once, as through fred.
+            self.client("GET")?;
+            let started = Instant::now();
+            let result = direct.get(key).await;
+            match result {
+                Ok(value) => {
+                    self.observe("GET", started);
+                    return Ok(value);
+                }
+                Err(direct::Failure::Busy) => {}
+                Err(failure) => {
+                    self.observe("GET", started);
+                    let timeout = matches!(failure, direct::Failure::Timeout);
+                    self.count_error("GET", if timeout { "timeout" } else { "error" });
+                    return Err(Error::Store {
+                        op: "GET",
+                        message: match failure {
+                            direct::Failure::Error(why) => why,
+                            _ => "timed out".into(),
+                        },
+                        timeout,
+                    });
+                }
+            }
+        }
         let mut picked = self.client_for("GET", key).await?;
         loop {
             let started = Instant::now();
