@@ -47,6 +47,9 @@ pub(crate) struct Login {
     pub auth: Option<(Option<String>, String)>,
     /// The database to `SELECT`, when not 0.
     pub database: Option<u8>,
+    /// Behind Sentinel: a new connection must find a primary (`ROLE`), so that a read
+    /// racing a failover never goes to a demoted server.
+    pub primary_only: bool,
 }
 
 /// The server new connections go to, and the generation of connections made to it.
@@ -190,6 +193,13 @@ impl Direct {
             generation: server.generation,
         };
         conn.handshake(&self.login).await.map_err(Failure::Error)?;
+        if self.login.primary_only {
+            let role = conn.command(&[b"ROLE"]).await.map_err(Failure::Error)?;
+            if !is_primary(&role) {
+                // fred has not followed the failover yet: it reads instead.
+                return Err(Failure::Busy);
+            }
+        }
         held.conn = Some(conn);
         Ok(held)
     }
@@ -341,6 +351,12 @@ impl Conn {
     }
 }
 
+/// Whether a `ROLE` reply says `master`.
+fn is_primary(reply: &BytesFrame) -> bool {
+    matches!(reply, BytesFrame::Array(parts)
+        if matches!(parts.first(), Some(BytesFrame::BulkString(role)) if role.as_ref() == b"master"))
+}
+
 fn expect_ok(reply: &BytesFrame, what: &str) -> Result<(), String> {
     match reply {
         BytesFrame::SimpleString(s) if s.as_ref() == b"OK" => Ok(()),
@@ -385,6 +401,20 @@ mod tests {
         let mut out = [0u8; 64];
         let n = encode_get(&mut out, b"sg:session:ab");
         assert_eq!(&out[..n], &general[..]);
+    }
+
+    #[test]
+    fn only_a_master_role_is_a_primary() {
+        let role = |name: &'static str| {
+            BytesFrame::Array(vec![
+                BytesFrame::BulkString(Bytes::from_static(name.as_bytes())),
+                BytesFrame::Integer(0),
+            ])
+        };
+        assert!(is_primary(&role("master")));
+        assert!(!is_primary(&role("slave")));
+        assert!(!is_primary(&role("sentinel")));
+        assert!(!is_primary(&BytesFrame::Error("NOPERM".into())));
     }
 
     #[test]

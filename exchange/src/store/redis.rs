@@ -185,6 +185,7 @@ fn direct_reads(config: &Config, settings: &RedisSettings) -> Option<Arc<Direct>
             .clone()
             .map(|password| (config.username.clone(), password)),
         database: config.database,
+        primary_only: matches!(config.server, ServerConfig::Sentinel { .. }),
     };
     let direct = match &config.server {
         ServerConfig::Centralized { .. } | ServerConfig::Sentinel { .. } => Direct::new(
