@@ -128,7 +128,7 @@ text, n, path = open(sys.argv[1]).read(), int(sys.argv[2]), sys.argv[3]
 total = int(re.search(r"^([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", text, re.M).group(1).replace(",", ""))
 OWNERS = [
     ("signature (aws-lc)", r"aws_lc|ecp_nistz|ed25519|p256"),
-    ("Redis client (fred, redis-protocol)", r"fred::|redis_protocol"),
+    ("Redis client (fred, redis-protocol, direct reads)", r"fred::|redis_protocol|store::direct"),
     ("exchange (session lookup, cache, minting)", r"exchange::|quick_cache|sha2::"),
     ("JSON and base64", r"serde_json|base64"),
     ("gateway (routing, headers, cookies)", r"gateway::|sessiongate::"),
@@ -192,7 +192,7 @@ import re, sys, collections
 # pattern matches a frame (innermost wins), else "other".
 CATEGORIES = [
     ("signature (aws-lc / ed25519)", r"aws_lc|ecdsa|p256|ec_GFp|ed25519|curve25519|sha512|SigningKey::sign"),
-    ("Redis client (fred)", r"fred::|redis_protocol"),
+    ("Redis client (fred, direct reads)", r"fred::|redis_protocol|store::direct"),
     ("claims JSON and base64", r"claims_json|serde_json|base64|encode_string|Minter::mint"),
     ("session lookup (exchange, cache)", r"exchange::|quick_cache|sha2::"),
     ("metrics (prometheus)", r"prometheus::"),
