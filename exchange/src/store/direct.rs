@@ -41,7 +41,7 @@ pub(crate) enum Failure {
 }
 
 /// How to log in on a new connection.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Login {
     /// `AUTH` credentials: username (ACL) and password.
     pub auth: Option<(Option<String>, String)>,
@@ -72,6 +72,8 @@ pub(crate) struct Direct {
     /// Connections open (idle or in use).
     open: AtomicUsize,
     max: usize,
+    /// [`IDLE_CLOSE`], shorter in tests.
+    idle_close: Duration,
 }
 
 struct Conn {
@@ -105,6 +107,7 @@ impl Direct {
             idle: parking_lot::Mutex::new(Vec::new()),
             open: AtomicUsize::new(0),
             max: max.max(1),
+            idle_close: IDLE_CLOSE,
         }
     }
 
@@ -249,7 +252,7 @@ impl<'a> Held<'a> {
                 let mut idle = self.direct.idle.lock();
                 idle.push(conn);
                 match idle.first() {
-                    Some(c) if now.duration_since(c.idle_since) >= IDLE_CLOSE => {
+                    Some(c) if now.duration_since(c.idle_since) >= self.direct.idle_close => {
                         Some(idle.remove(0))
                     }
                     _ => None,
@@ -392,6 +395,177 @@ fn encode_get(out: &mut [u8], key: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
+
+    /// How a scripted server answers.
+    #[derive(Clone, Copy)]
+    enum Script {
+        /// Every command answered; `ROLE` says `master`.
+        Primary,
+        /// `ROLE` says `slave`.
+        Replica,
+        /// The connection is closed after each `GET` answered.
+        CloseAfterGet,
+        /// `GET` answered after 200 ms.
+        Slow,
+    }
+
+    /// A server speaking just enough RESP for these tests (a real one cannot be made to
+    /// close a connection while idle, or to answer late, on cue); counts the
+    /// connections it accepted.
+    async fn scripted(script: Script) -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    loop {
+                        let frame = loop {
+                            if let Ok(Some((frame, _, _))) = decode_bytes_mut(&mut buf) {
+                                break frame;
+                            }
+                            if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                        };
+                        let BytesFrame::Array(args) = frame else {
+                            return;
+                        };
+                        let name = match args.first() {
+                            Some(BytesFrame::BulkString(b)) => b.clone(),
+                            _ => return,
+                        };
+                        let reply: &[u8] = match (&name[..], script) {
+                            (b"ROLE", Script::Replica) => b"*3\r\n$5\r\nslave\r\n:0\r\n*0\r\n",
+                            (b"ROLE", _) => b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n",
+                            (b"GET", _) => b"$5\r\nvalue\r\n",
+                            _ => b"+OK\r\n",
+                        };
+                        if name.as_ref() == b"GET" && matches!(script, Script::Slow) {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        if stream.write_all(reply).await.is_err() {
+                            return;
+                        }
+                        if name.as_ref() == b"GET" && matches!(script, Script::CloseAfterGet) {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    fn pool(port: u16, max: usize, primary_only: bool) -> Direct {
+        let login = Login {
+            auth: Some((None, "pw".into())),
+            database: Some(3),
+            primary_only,
+        };
+        let direct = Direct::new(login, Duration::from_secs(2), max);
+        direct.point_at("127.0.0.1", port);
+        direct
+    }
+
+    fn value(read: Result<Option<Bytes>, Failure>) -> Bytes {
+        match read {
+            Ok(Some(v)) => v,
+            other => panic!("expected a value, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_closed_once_idle_too_long() {
+        let (port, accepted) = scripted(Script::Primary).await;
+        let mut direct = pool(port, 4, false);
+        direct.idle_close = Duration::from_millis(50);
+        let (a, b) = tokio::join!(direct.get("k"), direct.get("k"));
+        assert_eq!(
+            (value(a), value(b)),
+            (Bytes::from("value"), Bytes::from("value"))
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(direct.open.load(Ordering::SeqCst), 2);
+        value(direct.get("k").await);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "an idle connection is reused"
+        );
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        value(direct.get("k").await);
+        assert_eq!(
+            direct.open.load(Ordering::SeqCst),
+            1,
+            "the longest idle was closed"
+        );
+        assert_eq!(direct.idle.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_replaced_for_the_read() {
+        let (port, accepted) = scripted(Script::CloseAfterGet).await;
+        let direct = pool(port, 4, false);
+        for n in 1..=3 {
+            value(direct.get("k").await);
+            assert_eq!(accepted.load(Ordering::SeqCst), n);
+        }
+        assert_eq!(direct.open.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn another_primary_closes_the_connections_to_the_old_one() {
+        let (old, old_accepted) = scripted(Script::Primary).await;
+        let (new, new_accepted) = scripted(Script::Primary).await;
+        let direct = pool(old, 4, false);
+        value(direct.get("k").await);
+        direct.point_at("127.0.0.1", new);
+        assert_eq!(direct.open.load(Ordering::SeqCst), 0);
+        value(direct.get("k").await);
+        value(direct.get("k").await);
+        assert_eq!(old_accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(new_accepted.load(Ordering::SeqCst), 1);
+        direct.point_at("127.0.0.1", new);
+        assert_eq!(
+            direct.open.load(Ordering::SeqCst),
+            1,
+            "the same primary again: kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_a_read_is_left_to_fred() {
+        let (port, _) = scripted(Script::Slow).await;
+        let direct = pool(port, 1, false);
+        let (a, b) = tokio::join!(direct.get("k"), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            direct.get("k").await
+        });
+        value(a);
+        assert!(matches!(b, Err(Failure::Busy)), "{b:?}");
+    }
+
+    #[tokio::test]
+    async fn behind_sentinel_a_replica_is_never_read() {
+        let (port, _) = scripted(Script::Replica).await;
+        let direct = pool(port, 4, true);
+        assert!(matches!(direct.get("k").await, Err(Failure::Busy)));
+        assert_eq!(direct.open.load(Ordering::SeqCst), 0);
+        let (port, _) = scripted(Script::Primary).await;
+        let direct = pool(port, 4, true);
+        value(direct.get("k").await);
+    }
+
+    #[tokio::test]
+    async fn no_server_known_yet_means_fred_reads() {
+        let direct = Direct::new(Login::default(), Duration::from_secs(1), 4);
+        assert!(matches!(direct.get("k").await, Err(Failure::Busy)));
+    }
 
     #[test]
     fn get_is_written_as_a_resp_array_of_bulk_strings() {
