@@ -5,6 +5,8 @@
 #   bench_setup million        # WORK=/tmp/sg-million.XXXXXX, PIDS=(), trap on EXIT
 #   start_redis                # REDIS_PORT, a redis-server without persistence, answering
 #   PORT=$(free_port)
+#   write_sessions NAME        # 256 sessions in Redis, their cookies in $WORK/cookies
+#   cookie_script PATH_KIND    # $WORK/cookies.lua: wrk requests /PATH_KIND/x rotating them
 
 bench_setup() {
   WORK=$(mktemp -d "/tmp/sg-$1.XXXXXX")
@@ -24,4 +26,34 @@ start_redis() {
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
   PIDS+=($!)
   until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
+}
+
+# 256 sessions in the documented schema, as the load bench writes them; their cookies
+# (NAME-session-cookie-00000000 ...) one per line in $WORK/cookies.
+write_sessions() {
+  python3 - "$1" "$REDIS_PORT" >"$WORK/cookies" <<'EOF'
+import hashlib, subprocess, sys
+name, port = sys.argv[1], sys.argv[2]
+cmds = []
+for n in range(256):
+    cookie = f"{name}-session-cookie-{n:08d}"
+    key = "sg:session:" + hashlib.sha256(cookie.encode()).hexdigest()
+    cmds.append(f'SET {key} \'{{"sub":"user-{n}","exp":4102444800,"roles":["reader"],"email":"u{n}@example.com"}}\' EX 3600')
+    print(cookie)
+subprocess.run(["redis-cli", "-p", port], input="\n".join(cmds), text=True, check=True, capture_output=True)
+EOF
+}
+
+# $WORK/cookies.lua: a wrk script sending GET /PATH_KIND/x with the cookies of
+# $WORK/cookies in turn.
+cookie_script() {
+  cat >"$WORK/cookies.lua" <<EOF
+local cookies = {}
+for line in io.lines("$WORK/cookies") do cookies[#cookies + 1] = line end
+local i = 0
+request = function()
+  i = i % #cookies + 1
+  return wrk.format("GET", "/$1/x", { ["Cookie"] = "__Host-session=" .. cookies[i] })
+end
+EOF
 }

@@ -43,17 +43,7 @@ UP_PORT=$(free_port); PORT=$(free_port); ADMIN_PORT=$(free_port)
 "$UPSTREAM_BIN" --serve-upstream "127.0.0.1:$UP_PORT" >/dev/null 2>&1 &
 PIDS+=($!)
 
-# 256 sessions, as the load bench writes them.
-python3 - >"$WORK/cookies" <<EOF
-import hashlib, subprocess
-cmds = []
-for n in range(256):
-    cookie = f"profile-session-cookie-{n:08d}"
-    key = "sg:session:" + hashlib.sha256(cookie.encode()).hexdigest()
-    cmds.append(f'SET {key} \'{{"sub":"user-{n}","exp":4102444800,"roles":["reader"],"email":"u{n}@example.com"}}\' EX 3600')
-    print(cookie)
-subprocess.run(["redis-cli", "-p", "$REDIS_PORT"], input="\n".join(cmds), text=True, check=True, capture_output=True)
-EOF
+write_sessions profile
 
 FILTER="warn,sessiongate=info,gateway=info,exchange=info,keys=info"
 [ "$ACCESS_LOG" = on ] || FILTER="warn"
@@ -160,15 +150,7 @@ EOF
   exit 0
 fi
 
-cat >"$WORK/cookies.lua" <<EOF
-local cookies = {}
-for line in io.lines("$WORK/cookies") do cookies[#cookies + 1] = line end
-local i = 0
-request = function()
-  i = i % #cookies + 1
-  return wrk.format("GET", "/$PATH_KIND/x", { ["Cookie"] = "__Host-session=" .. cookies[i] })
-end
-EOF
+cookie_script "$PATH_KIND"
 # Warm up, then sample while measuring.
 wrk -t2 -c64 -d3s -s "$WORK/cookies.lua" "http://127.0.0.1:$PORT" >/dev/null
 ticks() { awk '{print $14 + $15}' "/proc/$GW/stat"; }

@@ -34,16 +34,7 @@ UP_PORT=$(free_port)
 "$UPSTREAM_BIN" --serve-upstream "127.0.0.1:$UP_PORT" >/dev/null 2>&1 &
 PIDS+=($!)
 
-python3 - >"$WORK/cookies" <<EOF
-import hashlib, subprocess
-cmds = []
-for n in range(256):
-    cookie = f"side-session-cookie-{n:08d}"
-    key = "sg:session:" + hashlib.sha256(cookie.encode()).hexdigest()
-    cmds.append(f'SET {key} \'{{"sub":"user-{n}","exp":4102444800,"roles":["reader"],"email":"u{n}@example.com"}}\' EX 3600')
-    print(cookie)
-subprocess.run(["redis-cli", "-p", "$REDIS_PORT"], input="\n".join(cmds), text=True, check=True, capture_output=True)
-EOF
+write_sessions side
 
 # start NAME BINARY: a gateway configured like the load bench's (2 threads, pool of 4,
 # access log on), its pid in GW_NAME and its port in PORT_NAME.
@@ -93,15 +84,7 @@ EOF
 start a "$A"
 start b "$B"
 
-cat >"$WORK/cookies.lua" <<EOF
-local cookies = {}
-for line in io.lines("$WORK/cookies") do cookies[#cookies + 1] = line end
-local i = 0
-request = function()
-  i = i % #cookies + 1
-  return wrk.format("GET", "/$PATH_KIND/x", { ["Cookie"] = "__Host-session=" .. cookies[i] })
-end
-EOF
+cookie_script "$PATH_KIND"
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
