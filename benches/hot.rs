@@ -207,7 +207,7 @@ fn bench_session_decode(c: &mut Criterion) {
 }
 
 fn bench_edge(c: &mut Criterion) {
-    use gateway::http::forwarding::{Origin, RequestIds, set_forwarding, strip_hop_by_hop};
+    use gateway::http::forwarding::{Origin, RequestIds, set_forwarding, strip_hop_by_hop, wire};
     let mut req =
         pingora::http::RequestHeader::build("GET", b"/api/orders?page=2", None).expect("request");
     for (name, value) in [
@@ -226,11 +226,12 @@ fn bench_edge(c: &mut Criterion) {
         req.append_header(name, value).expect("header");
     }
     let ids = RequestIds::default();
+    let host = http::HeaderValue::from_static("app.example.com");
     let origin = Origin {
         peer: Some("203.0.113.7".parse().expect("ip")),
         trusted: false,
         tls: true,
-        host: Some("app.example.com"),
+        host: Some(&host),
     };
     let mut g = c.benchmark_group("edge");
     g.bench_function("hop-by-hop + forwarding + request id", |b| {
@@ -238,7 +239,7 @@ fn bench_edge(c: &mut Criterion) {
             let mut r = black_box(&req).clone();
             strip_hop_by_hop(&mut r);
             set_forwarding(&mut r, &origin).expect("forwarding");
-            r.insert_header("x-request-id", ids.next()).expect("id");
+            r.insert_header(wire::X_REQUEST_ID, ids.next()).expect("id");
             r
         })
     });

@@ -231,16 +231,31 @@ impl RequestCtx {
         })
     }
 
-    /// Headers every answer of the gateway's own carries: HSTS and the request id.
-    pub(crate) fn extra_headers(&self) -> Vec<(&'static str, &HeaderValue)> {
-        let mut extra = Vec::with_capacity(2);
-        if let Some(hsts) = self.settings.as_ref().and_then(|s| s.hsts.as_ref()) {
-            extra.push(("strict-transport-security", hsts));
-        }
-        if let Some(id) = &self.request_id {
-            extra.push(("x-request-id", id));
-        }
+    /// Headers every answer carries, the gateway's own and the upstream's: HSTS and the
+    /// request id. An array, not a list: the proxy asks for it on every response.
+    pub(crate) fn extra_headers(&self) -> ExtraHeaders<'_> {
+        let hsts = self.settings.as_ref().and_then(|s| s.hsts.as_ref());
+        let id = self.request_id.as_ref();
+        let mut extra = ExtraHeaders {
+            headers: [("", None); 2],
+        };
+        extra.headers[0] = (forwarding::wire::STRICT_TRANSPORT_SECURITY, hsts);
+        extra.headers[1] = (forwarding::wire::X_REQUEST_ID, id);
         extra
+    }
+}
+
+/// The headers [`RequestCtx::extra_headers`] adds to a response.
+pub struct ExtraHeaders<'a> {
+    headers: [(&'static str, Option<&'a HeaderValue>); 2],
+}
+
+impl<'a> ExtraHeaders<'a> {
+    /// Each name with its value, those present only.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &'a HeaderValue)> + '_ {
+        self.headers
+            .iter()
+            .filter_map(|&(name, value)| value.map(|v| (name, v)))
     }
 }
 
@@ -487,7 +502,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        for (name, value) in ctx.extra_headers() {
+        for (name, value) in ctx.extra_headers().iter() {
             upstream_response.insert_header(name, value.clone())?;
         }
         if ctx.session_valid() {
@@ -691,16 +706,7 @@ impl Gateway {
         // Never forward the client's own credentials: the bearer replaces every
         // Authorization header the client sent (insert replaces), or they are removed.
         // An error here fails the request, so nothing is forwarded with them.
-        match &ctx.bearer {
-            Some(bearer) => {
-                let value = HeaderValue::from_maybe_shared(bearer.clone())
-                    .map_err(|e| Error::because(ErrorType::InternalError, "bearer header", e))?;
-                upstream.insert_header(AUTHORIZATION, value)?;
-            }
-            None => {
-                upstream.remove_header(&AUTHORIZATION);
-            }
-        }
+        // The session cookie goes first: a header removed leaves room for those added.
         if !settings.forward_cookie {
             match cookie::strip(upstream.headers.get_all(COOKIE).iter(), &settings.cookie) {
                 Stripped::Unchanged => {}
@@ -708,7 +714,19 @@ impl Gateway {
                     upstream.remove_header(&COOKIE);
                 }
                 // Replaces every Cookie header the client sent.
-                Stripped::Joined(value) => upstream.insert_header(COOKIE, value)?,
+                Stripped::Joined(value) => {
+                    upstream.insert_header(forwarding::wire::COOKIE, value)?
+                }
+            }
+        }
+        match &ctx.bearer {
+            Some(bearer) => {
+                let value = HeaderValue::from_maybe_shared(bearer.clone())
+                    .map_err(|e| Error::because(ErrorType::InternalError, "bearer header", e))?;
+                upstream.insert_header(forwarding::wire::AUTHORIZATION, value)?;
+            }
+            None => {
+                upstream.remove_header(&AUTHORIZATION);
             }
         }
         let peer = session
@@ -719,11 +737,11 @@ impl Gateway {
             peer,
             trusted: forwarding::is_trusted(peer, &settings.trusted_proxies),
             tls: settings.tls,
-            host: ctx.host.as_ref().and_then(|h| h.to_str().ok()),
+            host: ctx.host.as_ref(),
         };
         forwarding::set_forwarding(upstream, &origin)?;
         if let Some(id) = &ctx.request_id {
-            upstream.insert_header(forwarding::X_REQUEST_ID, id.clone())?;
+            upstream.insert_header(forwarding::wire::X_REQUEST_ID, id.clone())?;
         }
         if let Some(uri) = ctx.forward_uri.take() {
             upstream.set_uri(uri);

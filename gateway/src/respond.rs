@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+
+use crate::proxy::ExtraHeaders;
 use serde::Serialize;
 
 /// Why the gateway answers a request itself instead of forwarding it.
@@ -141,7 +142,7 @@ pub fn json(status: u16, body: &impl Serialize) -> pingora::Result<(ResponseHead
 pub async fn send(
     session: &mut Session,
     refusal: &Refusal,
-    extra: &[(&'static str, &HeaderValue)],
+    extra: &ExtraHeaders<'_>,
 ) -> pingora::Result<u16> {
     let (header, body) = refusal.response()?;
     write(session, header, body, extra).await?;
@@ -156,10 +157,10 @@ pub async fn write(
     session: &mut Session,
     mut header: ResponseHeader,
     body: Bytes,
-    extra: &[(&'static str, &HeaderValue)],
+    extra: &ExtraHeaders<'_>,
 ) -> pingora::Result<()> {
-    for (name, value) in extra {
-        header.insert_header(*name, (*value).clone())?;
+    for (name, value) in extra.iter() {
+        header.insert_header(name, value.clone())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session

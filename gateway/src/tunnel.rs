@@ -119,7 +119,7 @@ pub async fn serve(
         gw.refuse(session, ctx, Refusal::BadGateway).await?;
         return Ok(true);
     };
-    for (name, value) in ctx.extra_headers() {
+    for (name, value) in ctx.extra_headers().iter() {
         response.insert_header(name, value.clone())?;
     }
     ctx.answer = Answer::Upstream;

@@ -27,11 +27,31 @@ const HOP_BY_HOP: [HeaderName; 3] = [
     http::header::TRAILER,
 ];
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-/// `X-Request-Id`, kept from the client when well-formed, else made.
+/// `X-Request-Id`, kept from the client when well-formed, else made: the name to look up.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Names the gateway sets, as written on the wire.
+///
+/// Pingora's `insert_header` keeps each name's case for the wire. Given a `HeaderName`,
+/// it copies the name's text into a new buffer unless Pingora knows a title case for it;
+/// given a `&'static str`, it uses the text as it is. These are what the gateway inserts
+/// on every request.
+pub mod wire {
+    /// `Authorization`.
+    pub const AUTHORIZATION: &str = "Authorization";
+    /// `Cookie`.
+    pub const COOKIE: &str = "Cookie";
+    /// `X-Request-Id`.
+    pub const X_REQUEST_ID: &str = "X-Request-Id";
+    /// `X-Forwarded-For`.
+    pub const X_FORWARDED_FOR: &str = "X-Forwarded-For";
+    /// `X-Forwarded-Proto`.
+    pub const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+    /// `X-Forwarded-Host`.
+    pub const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
+    /// `Strict-Transport-Security`.
+    pub const STRICT_TRANSPORT_SECURITY: &str = "Strict-Transport-Security";
+}
 
 /// Whether a request asks to switch protocols (`Connection: upgrade` and `Upgrade`).
 pub fn is_upgrade(req: &RequestHeader) -> bool {
@@ -99,7 +119,7 @@ pub struct Origin<'a> {
     /// Whether the listener speaks TLS.
     pub tls: bool,
     /// The authority the route was chosen by.
-    pub host: Option<&'a str>,
+    pub host: Option<&'a HeaderValue>,
 }
 
 /// Whether `peer` is in one of the `trusted` networks.
@@ -148,7 +168,7 @@ pub fn set_forwarding(req: &mut RequestHeader, origin: &Origin<'_>) -> pingora::
         req.remove_header(name);
     }
     let mut ip_buf = [0u8; 64];
-    let ip = origin.peer.and_then(|ip| display_in(&mut ip_buf, ip));
+    let ip = origin.peer.and_then(|ip| ip_text(&mut ip_buf, ip));
     let value = |bytes: &[u8]| HeaderValue::from_bytes(bytes).ok();
     let forwarded_for = match (prior_for, ip) {
         (Some(mut chain), Some(ip)) => {
@@ -161,7 +181,7 @@ pub fn set_forwarding(req: &mut RequestHeader, origin: &Origin<'_>) -> pingora::
         (None, None) => None,
     };
     if let Some(v) = forwarded_for {
-        req.insert_header(X_FORWARDED_FOR, v)?;
+        req.insert_header(wire::X_FORWARDED_FOR, v)?;
     }
     let proto = prior_proto
         .and_then(|p| value(&p))
@@ -170,14 +190,44 @@ pub fn set_forwarding(req: &mut RequestHeader, origin: &Origin<'_>) -> pingora::
         } else {
             "http"
         }));
-    req.insert_header(X_FORWARDED_PROTO, proto)?;
+    req.insert_header(wire::X_FORWARDED_PROTO, proto)?;
+    // The authority as a header value already: shared, not copied. Only visible ASCII,
+    // as the text it was routed by.
     let host = prior_host
         .and_then(|h| value(&h))
-        .or_else(|| origin.host.and_then(|h| HeaderValue::from_str(h).ok()));
+        .or_else(|| origin.host.filter(|h| h.to_str().is_ok()).cloned());
     if let Some(host) = host {
-        req.insert_header(X_FORWARDED_HOST, host)?;
+        req.insert_header(wire::X_FORWARDED_HOST, host)?;
     }
     Ok(())
+}
+
+/// `ip` as text in `buf`: IPv4 digit by digit (the common case, per request), IPv6 by its
+/// `Display`.
+fn ip_text(buf: &mut [u8; 64], ip: IpAddr) -> Option<&str> {
+    let IpAddr::V4(v4) = ip else {
+        return display_in(buf, ip);
+    };
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
+        for d in &digits[skip..] {
+            buf[len] = b'0' + d;
+            len += 1;
+        }
+    }
+    std::str::from_utf8(&buf[..len]).ok()
 }
 
 /// Formats `value` into `buf` without allocating; `None` if it does not fit (an address
@@ -205,6 +255,9 @@ pub fn client_request_id(req: &RequestHeader) -> Option<&HeaderValue> {
 }
 
 /// Fresh request ids: 32 hex digits, a random per-process prefix and a counter.
+///
+/// Each id is one shared buffer: the copies sent upstream and back to the client share
+/// it instead of each promoting the first to shared storage.
 pub struct RequestIds {
     prefix: u64,
     counter: AtomicU64,
@@ -226,11 +279,17 @@ impl Default for RequestIds {
 impl RequestIds {
     /// The next id.
     pub fn next(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut buf = [0u8; 32];
-        let text =
-            display_in(&mut buf, format_args!("{:016x}{n:016x}", self.prefix)).unwrap_or("0");
-        HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("0"))
+        let mut id = [0u8; 32];
+        for (i, word) in [self.prefix, n].into_iter().enumerate() {
+            for (j, digit) in id[i * 16..(i + 1) * 16].iter_mut().enumerate() {
+                *digit = HEX[((word >> (60 - 4 * j)) & 0xf) as usize];
+            }
+        }
+        // Hex digits are a valid header value.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+            .unwrap_or(HeaderValue::from_static("0"))
     }
 }
 
@@ -310,11 +369,12 @@ mod tests {
         ];
         let peer: IpAddr = "10.1.2.3".parse().unwrap();
         let mut r = req(&spoofed);
+        let host = HeaderValue::from_static("app.example");
         let origin = Origin {
             peer: Some(peer),
             trusted: false,
             tls: false,
-            host: Some("app.example"),
+            host: Some(&host),
         };
         set_forwarding(&mut r, &origin).unwrap();
         assert_eq!(get(&r, "x-forwarded-for"), ["10.1.2.3"]);
@@ -396,6 +456,73 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
         assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        // The prefix stays, the counter counts, in lowercase hex.
+        assert_eq!(a.as_bytes()[..16], b.as_bytes()[..16]);
+        let count = |v: &HeaderValue| u128::from_str_radix(v.to_str().unwrap(), 16).unwrap();
+        assert_eq!(count(&b), count(&a) + 1);
+        let prefix = u64::from_str_radix(&a.to_str().unwrap()[..16], 16).unwrap();
+        assert_eq!(prefix, ids.prefix);
+        assert_eq!(
+            a.to_str().unwrap(),
+            a.to_str().unwrap().to_ascii_lowercase()
+        );
+    }
+
+    #[test]
+    fn ip_text_writes_what_display_writes() {
+        let mut buf = [0u8; 64];
+        let mut octets = vec![0u8, 1, 9, 10, 99, 100, 199, 200, 255];
+        octets.extend((0..=255).step_by(7));
+        for &a in &octets {
+            for &b in &[0u8, 7, 42, 127, 255] {
+                let ip = IpAddr::V4(std::net::Ipv4Addr::new(a, b, 255 - a, a / 3));
+                assert_eq!(ip_text(&mut buf, ip), Some(ip.to_string().as_str()));
+            }
+        }
+        for v6 in ["::1", "2001:db8::1", "::ffff:10.0.0.1", "fe80::1:2:3:4"] {
+            let ip: IpAddr = v6.parse().unwrap();
+            assert_eq!(ip_text(&mut buf, ip), Some(ip.to_string().as_str()));
+        }
+    }
+
+    #[test]
+    fn a_host_that_is_not_visible_ascii_is_not_forwarded() {
+        let host = HeaderValue::from_bytes(b"caf\xc3\xa9.example").unwrap();
+        let origin = Origin {
+            peer: None,
+            trusted: false,
+            tls: false,
+            host: Some(&host),
+        };
+        let mut r = req(&[]);
+        set_forwarding(&mut r, &origin).unwrap();
+        assert!(get(&r, "x-forwarded-host").is_empty());
+        assert!(get(&r, "x-forwarded-for").is_empty());
+        assert_eq!(get(&r, "x-forwarded-proto"), ["http"]);
+    }
+
+    #[test]
+    fn the_gateways_headers_go_upstream_in_title_case() {
+        let host = HeaderValue::from_static("app.example");
+        let origin = Origin {
+            peer: Some("10.1.2.3".parse().unwrap()),
+            trusted: false,
+            tls: true,
+            host: Some(&host),
+        };
+        let mut r = req(&[("x-forwarded-for", "6.6.6.6")]);
+        set_forwarding(&mut r, &origin).unwrap();
+        let mut wire = Vec::new();
+        r.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        for line in [
+            "X-Forwarded-For: 10.1.2.3\r\n",
+            "X-Forwarded-Proto: https\r\n",
+            "X-Forwarded-Host: app.example\r\n",
+        ] {
+            assert!(wire.contains(line), "{line:?} in {wire:?}");
+        }
+        assert!(!wire.contains("6.6.6.6"));
     }
 
     #[test]
