@@ -353,6 +353,17 @@ fn debug_is_quoted(s: &str) -> bool {
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
+/// Appends what `{value:?}` writes. Between 1e-4 and 1e7 (every latency in
+/// milliseconds) both write the shortest digits that read back as `value`, in plain
+/// decimal notation, and ryu does it without `core::fmt`; elsewhere `{:?}` writes it.
+fn push_f64_debug(out: &mut String, value: f64) {
+    if (1e-4..1e7).contains(&value.abs()) {
+        out.push_str(ryu::Buffer::new().format_finite(value));
+    } else {
+        let _ = write!(out, "{value:?}");
+    }
+}
+
 impl PlainFields<'_> {
     /// The separator and `name=`; `false` (and `ok` cleared) for names the default
     /// treats specially.
@@ -392,13 +403,13 @@ impl Visit for PlainFields<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         if self.ok && self.begin(field) {
-            let _ = write!(self.out, "{value}");
+            self.out.push_str(itoa::Buffer::new().format(value));
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         if self.ok && self.begin(field) {
-            let _ = write!(self.out, "{value}");
+            self.out.push_str(itoa::Buffer::new().format(value));
         }
     }
 
@@ -410,7 +421,7 @@ impl Visit for PlainFields<'_> {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         if self.ok && self.begin(field) {
-            let _ = write!(self.out, "{value:?}");
+            push_f64_debug(self.out, value);
         }
     }
 
@@ -591,6 +602,54 @@ mod quiet_tests {
         }
     }
     static SITE: Site = Site;
+
+    #[test]
+    fn floats_are_written_as_debug_writes_them() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            0.1,
+            0.5,
+            1e-4,
+            9.999e-5,
+            1e-5,
+            0.000123,
+            1e15,
+            9.99e15,
+            1e16,
+            1.5e16,
+            123.456,
+            0.30000000000000004,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -2.5,
+        ];
+        // Latencies as the access log computes them, and a spread over every magnitude.
+        values
+            .extend((0..20_000u64).map(|us| Duration::from_nanos(us * 997).as_secs_f64() * 1000.0));
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..400_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Every bit pattern, and then as many inside the range ryu writes.
+            values.push(if i % 4 == 0 {
+                f64::from_bits(x)
+            } else {
+                (x >> 11) as f64 / (1u64 << 53) as f64 * 10f64.powi((i % 13) - 4)
+            });
+        }
+        let mut out = String::new();
+        for v in values {
+            out.clear();
+            push_f64_debug(&mut out, v);
+            assert_eq!(out, format!("{v:?}"), "{:#x}", v.to_bits());
+        }
+    }
 
     #[test]
     fn pingora_below_info_never_prints() {
