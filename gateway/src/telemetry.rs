@@ -349,8 +349,10 @@ struct PlainFields<'a> {
 
 /// Whether `Debug` of `s` is `s` between double quotes (printable ASCII, no `"` or `\`).
 fn debug_is_quoted(s: &str) -> bool {
-    s.bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    // Without short-circuits, so that the compiler checks many bytes at once.
+    s.bytes().fold(true, |ok, b| {
+        ok & (b >= 0x20) & (b < 0x7f) & (b != b'"') & (b != b'\\')
+    })
 }
 
 /// Appends what `{value:?}` writes. Between 1e-4 and 1e7 (every latency in
@@ -583,6 +585,8 @@ mod tests {
         assert!(!debug_is_quoted("a\\b"));
         assert!(!debug_is_quoted("é"));
         assert!(!debug_is_quoted("\t"));
+        assert!(!debug_is_quoted("\u{7f}") && !debug_is_quoted("\u{1f}"));
+        assert!(debug_is_quoted(" ~") && debug_is_quoted(""));
     }
 }
 
