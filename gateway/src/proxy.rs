@@ -245,7 +245,7 @@ impl RequestCtx {
     }
 }
 
-/// The headers [`RequestCtx::extra_headers`] adds to a response.
+/// The headers every response gets besides its own: HSTS and the request id.
 pub struct ExtraHeaders<'a> {
     headers: [(&'static str, Option<&'a HeaderValue>); 2],
 }
