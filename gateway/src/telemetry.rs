@@ -351,7 +351,7 @@ struct PlainFields<'a> {
 fn debug_is_quoted(s: &str) -> bool {
     // Without short-circuits, so that the compiler checks many bytes at once.
     s.bytes().fold(true, |ok, b| {
-        ok & (b >= 0x20) & (b < 0x7f) & (b != b'"') & (b != b'\\')
+        ok & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
     })
 }
 
