@@ -235,13 +235,12 @@ impl RequestCtx {
     /// request id. An array, not a list: the proxy asks for it on every response.
     pub(crate) fn extra_headers(&self) -> ExtraHeaders<'_> {
         let hsts = self.settings.as_ref().and_then(|s| s.hsts.as_ref());
-        let id = self.request_id.as_ref();
-        let mut extra = ExtraHeaders {
-            headers: [("", None); 2],
-        };
-        extra.headers[0] = (forwarding::wire::STRICT_TRANSPORT_SECURITY, hsts);
-        extra.headers[1] = (forwarding::wire::X_REQUEST_ID, id);
-        extra
+        ExtraHeaders {
+            headers: [
+                (forwarding::wire::STRICT_TRANSPORT_SECURITY, hsts),
+                (forwarding::wire::X_REQUEST_ID, self.request_id.as_ref()),
+            ],
+        }
     }
 }
 
@@ -703,10 +702,8 @@ impl Gateway {
         let settings = ctx.settings()?.clone();
         // First, so that no header the client names in `Connection` can remove ours.
         forwarding::strip_hop_by_hop(upstream);
-        // Never forward the client's own credentials: the bearer replaces every
-        // Authorization header the client sent (insert replaces), or they are removed.
-        // An error here fails the request, so nothing is forwarded with them.
-        // The session cookie goes first: a header removed leaves room for those added.
+        // The session cookie goes before the bearer comes: a header removed leaves room
+        // in the map for those added.
         if !settings.forward_cookie {
             match cookie::strip(upstream.headers.get_all(COOKIE).iter(), &settings.cookie) {
                 Stripped::Unchanged => {}
@@ -719,6 +716,9 @@ impl Gateway {
                 }
             }
         }
+        // Never forward the client's own credentials: the bearer replaces every
+        // Authorization header the client sent (insert replaces), or they are removed.
+        // An error here fails the request, so nothing is forwarded with them.
         match &ctx.bearer {
             Some(bearer) => {
                 let value = HeaderValue::from_maybe_shared(bearer.clone())
