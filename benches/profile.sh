@@ -10,7 +10,8 @@
 # difference between a path's breakdown and bare's is what the gateway adds.
 # ACCESS_LOG=off turns the access log off; PERF=off measures CPU per request only.
 # MEASURE=instructions counts the proxy's user-space instructions per request under
-# callgrind instead (REQUESTS, default 2000, one at a time; needs valgrind): within ~2%
+# callgrind instead (REQUESTS, default 2000, one at a time; needs valgrind; a 120 s
+# session cache, CACHE_TTL, so that refreshes stay as rare as at full speed): within ~2%
 # from run to run where CPU time on a shared machine moves by ±40%, but blind to the
 # kernel.
 # Runs from the repository root after a release build (`cargo bench -p gateway --bench load --no-run`, same CARGO_TARGET_DIR), which
