@@ -515,15 +515,20 @@ impl RedisStore {
         started: Instant,
     ) -> Error {
         let err = store_error(op, e);
-        let kind = match &err {
-            Error::Store { timeout: true, .. } => {
-                self.condemn(picked, started);
-                "timeout"
-            }
+        if matches!(err, Error::Store { timeout: true, .. }) {
+            self.condemn(picked, started);
+        }
+        self.count_failed(op, &err);
+        err
+    }
+
+    /// Counts `err`, a failed `op`, as a timeout or an error.
+    fn count_failed(&self, op: &'static str, err: &Error) {
+        let kind = match err {
+            Error::Store { timeout: true, .. } => "timeout",
             _ => "error",
         };
         self.count_error(op, kind);
-        err
     }
 
     fn count_error(&self, op: &'static str, kind: &'static str) {
@@ -633,16 +638,17 @@ impl SessionStore for RedisStore {
                 Err(direct::Failure::Busy) => {}
                 Err(failure) => {
                     self.observe("GET", started);
-                    let timeout = matches!(failure, direct::Failure::Timeout);
-                    self.count_error("GET", if timeout { "timeout" } else { "error" });
-                    return Err(Error::Store {
+                    let (message, timeout) = match failure {
+                        direct::Failure::Error(why) => (why, false),
+                        _ => ("timed out".to_owned(), true),
+                    };
+                    let err = Error::Store {
                         op: "GET",
-                        message: match failure {
-                            direct::Failure::Error(why) => why,
-                            _ => "timed out".into(),
-                        },
+                        message,
                         timeout,
-                    });
+                    };
+                    self.count_failed("GET", &err);
+                    return Err(err);
                 }
             }
         }
