@@ -78,7 +78,10 @@ pub(crate) struct Direct {
 
 struct Conn {
     stream: TcpStream,
+    /// Replies read and not yet decoded.
     buf: BytesMut,
+    /// The request being written, kept between requests so that none allocates.
+    out: Vec<u8>,
     /// When it was last given back to the pool.
     idle_since: Instant,
     /// The generation of the server it was opened to.
@@ -192,6 +195,7 @@ impl Direct {
         let mut conn = Conn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(128),
             idle_since: Instant::now(),
             generation: server.generation,
         };
@@ -308,24 +312,23 @@ impl Conn {
     }
 
     async fn command(&mut self, args: &[&[u8]]) -> Result<BytesFrame, String> {
-        let mut out = Vec::with_capacity(64);
-        encode(&mut out, args);
-        match self.exchange(&out).await {
-            Ok(frame) => Ok(frame),
-            Err(RoundTrip::Stale(why) | RoundTrip::Failed(why)) => Err(why),
-        }
+        self.request(args)
+            .await
+            .map_err(|(RoundTrip::Stale(why) | RoundTrip::Failed(why))| why)
     }
 
     async fn round_trip(&mut self, key: &str) -> Result<BytesFrame, RoundTrip> {
-        let mut out = [0u8; 256];
-        if key.len() + 32 <= out.len() {
-            let n = encode_get(&mut out, key.as_bytes());
-            self.exchange(&out[..n]).await
-        } else {
-            let mut out = Vec::with_capacity(key.len() + 32);
-            encode(&mut out, &[b"GET", key.as_bytes()]);
-            self.exchange(&out).await
-        }
+        self.request(&[b"GET", key.as_bytes()]).await
+    }
+
+    /// Writes `args` as one command in the connection's own buffer and reads the reply.
+    async fn request(&mut self, args: &[&[u8]]) -> Result<BytesFrame, RoundTrip> {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        encode(&mut out, args);
+        let reply = self.exchange(&out).await;
+        self.out = out;
+        reply
     }
 
     async fn exchange(&mut self, request: &[u8]) -> Result<BytesFrame, RoundTrip> {
@@ -368,28 +371,19 @@ fn expect_ok(reply: &BytesFrame, what: &str) -> Result<(), String> {
     }
 }
 
-/// A RESP array of bulk strings.
+/// A RESP array of bulk strings, appended to `out`.
 fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
-    use std::io::Write as _;
-    let _ = write!(out, "*{}\r\n", args.len());
+    let mut digits = itoa::Buffer::new();
+    out.push(b'*');
+    out.extend_from_slice(digits.format(args.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
     for arg in args {
-        let _ = write!(out, "${}\r\n", arg.len());
+        out.push(b'$');
+        out.extend_from_slice(digits.format(arg.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(arg);
         out.extend_from_slice(b"\r\n");
     }
-}
-
-/// `GET key` into `out` (which has room for the key and 32 bytes), without allocating.
-fn encode_get(out: &mut [u8], key: &[u8]) -> usize {
-    let mut len = itoa::Buffer::new();
-    let len = len.format(key.len()).as_bytes();
-    let parts: [&[u8]; 5] = [b"*2\r\n$3\r\nGET\r\n$", len, b"\r\n", key, b"\r\n"];
-    let mut at = 0;
-    for part in parts {
-        out[at..at + part.len()].copy_from_slice(part);
-        at += part.len();
-    }
-    at
 }
 
 #[cfg(test)]
@@ -569,12 +563,17 @@ mod tests {
 
     #[test]
     fn get_is_written_as_a_resp_array_of_bulk_strings() {
-        let mut general = Vec::new();
-        encode(&mut general, &[b"GET", b"sg:session:ab"]);
-        assert_eq!(general, b"*2\r\n$3\r\nGET\r\n$13\r\nsg:session:ab\r\n");
-        let mut out = [0u8; 64];
-        let n = encode_get(&mut out, b"sg:session:ab");
-        assert_eq!(&out[..n], &general[..]);
+        let first: &[u8] = b"*2\r\n$3\r\nGET\r\n$13\r\nsg:session:ab\r\n";
+        let mut out = Vec::new();
+        encode(&mut out, &[b"GET", b"sg:session:ab"]);
+        assert_eq!(out, first);
+        // Appended; a key of 300 bytes has a three-digit length.
+        let key = [b'k'; 300];
+        encode(&mut out, &[b"GET", &key]);
+        let second = &out[first.len()..];
+        assert!(second.starts_with(b"*2\r\n$3\r\nGET\r\n$300\r\nkkk"));
+        assert!(second.ends_with(b"kkk\r\n"));
+        assert_eq!(second.len(), 13 + 6 + 300 + 2);
     }
 
     #[test]
