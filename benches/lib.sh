@@ -7,6 +7,9 @@
 #   PORT=$(free_port)
 #   write_sessions NAME        # 256 sessions in Redis, their cookies in $WORK/cookies
 #   cookie_script PATH_KIND    # $WORK/cookies.lua: wrk requests /PATH_KIND/x rotating them
+#   gateway_config DIR PORT ADMIN_PORT FILTER [CACHE_TTL]
+#                              # DIR/gateway.toml: routes /cached and /critical onto
+#                              # 127.0.0.1:$UP_PORT, 2 threads, keys in DIR/keys
 
 bench_setup() {
   WORK=$(mktemp -d "/tmp/sg-$1.XXXXXX")
@@ -55,5 +58,36 @@ request = function()
   i = i % #cookies + 1
   return wrk.format("GET", "/$1/x", { ["Cookie"] = "__Host-session=" .. cookies[i] })
 end
+EOF
+}
+
+gateway_config() {
+  local dir=$1 port=$2 admin=$3 filter=$4 cache_ttl=${5:-5s}
+  mkdir -p "$dir/keys"
+  cat >"$dir/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$port"
+admin_listen = "127.0.0.1:$admin"
+threads = 2
+upgrade_sock = "$dir/upgrade.sock"
+[redis]
+url = "redis://127.0.0.1:$REDIS_PORT/0"
+pool_size = 4
+[keys]
+store = "file"
+dir = "$dir/keys"
+[session]
+cache_ttl = "$cache_ttl"
+[log]
+filter = "$filter"
+[[route]]
+name = "cached"
+path_prefix = "/cached"
+upstreams = ["127.0.0.1:$UP_PORT"]
+[[route]]
+name = "critical"
+path_prefix = "/critical"
+upstreams = ["127.0.0.1:$UP_PORT"]
+critical = true
 EOF
 }

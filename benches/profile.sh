@@ -51,32 +51,7 @@ write_sessions profile
 
 FILTER="warn,sessiongate=info,gateway=info,exchange=info,keys=info"
 [ "$ACCESS_LOG" = on ] || FILTER="warn"
-mkdir -p "$WORK/keys"
-cat >"$WORK/gateway.toml" <<EOF
-[server]
-listen = "127.0.0.1:$PORT"
-admin_listen = "127.0.0.1:$ADMIN_PORT"
-threads = 2
-[redis]
-url = "redis://127.0.0.1:$REDIS_PORT/0"
-pool_size = 4
-[keys]
-store = "file"
-dir = "$WORK/keys"
-[session]
-cache_ttl = "$CACHE_TTL"
-[log]
-filter = "$FILTER"
-[[route]]
-name = "cached"
-path_prefix = "/cached"
-upstreams = ["127.0.0.1:$UP_PORT"]
-[[route]]
-name = "critical"
-path_prefix = "/critical"
-upstreams = ["127.0.0.1:$UP_PORT"]
-critical = true
-EOF
+gateway_config "$WORK" "$PORT" "$ADMIN_PORT" "$FILTER" "$CACHE_TTL"
 # MEASURE=instructions runs the proxy under callgrind: slow, but its count of the
 # proxy's own (user-space) instructions does not move with the machine's noise.
 LAUNCH=()

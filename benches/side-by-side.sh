@@ -50,31 +50,7 @@ start() {
     until curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; do sleep 0.1; done
     return
   fi
-  mkdir -p "$WORK/$name/keys"
-  cat >"$WORK/$name/gateway.toml" <<EOF
-[server]
-listen = "127.0.0.1:$port"
-admin_listen = "127.0.0.1:$admin"
-threads = 2
-upgrade_sock = "$WORK/$name/upgrade.sock"
-[redis]
-url = "redis://127.0.0.1:$REDIS_PORT/0"
-pool_size = 4
-[keys]
-store = "file"
-dir = "$WORK/$name/keys"
-[log]
-filter = "warn,sessiongate=info,gateway=info,exchange=info,keys=info"
-[[route]]
-name = "cached"
-path_prefix = "/cached"
-upstreams = ["127.0.0.1:$UP_PORT"]
-[[route]]
-name = "critical"
-path_prefix = "/critical"
-upstreams = ["127.0.0.1:$UP_PORT"]
-critical = true
-EOF
+  gateway_config "$WORK/$name" "$port" "$admin" "warn,sessiongate=info,gateway=info,exchange=info,keys=info"
   "$bin" run --config "$WORK/$name/gateway.toml" 2>"$WORK/$name/gateway.log" &
   PIDS+=($!)
   eval "GW_$name=$!"
