@@ -166,13 +166,20 @@ async function main() {
     res.status(500).json({ error: String(err && err.message ? err.message : err) });
   });
 
-  const server = app.listen(port, "127.0.0.1", () => {
-    console.log(`listening on 127.0.0.1:${port}`);
-  });
-  server.on("error", (err) => {
+  // Express 5 calls the listen callback on an error too (server.once("error", done)):
+  // the ready line is printed only when the socket is bound.
+  const failed = (err) => {
     console.error(`listen failed: ${err.code || ""} ${err.message}`);
     process.exit(3);
+  };
+  const server = app.listen(port, "127.0.0.1", (err) => {
+    if (err) {
+      failed(err);
+      return;
+    }
+    console.log(`listening on 127.0.0.1:${port}`);
   });
+  server.on("error", failed);
 
   const stop = () => {
     server.close();

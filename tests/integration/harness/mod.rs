@@ -314,11 +314,21 @@ impl Stack {
 
     /// Requests `path` (a non-critical route to this stack's upstream) with `cookie`
     /// until two answers in a row carry the same bearer, i.e. the session and its token
-    /// are cached. A single request is not enough: arming the invalidation channel
-    /// flushes the cache, and a read that raced the invalidation of the session's own
-    /// `SET` is answered but not kept.
+    /// are cached. With a push channel, it first waits for the channel to be armed:
+    /// until then lookups bypass the cache (a bypassing read keeps the session's tokens,
+    /// so two answers can match), and arming flushes it. A single request is not enough
+    /// either: a read that raced the invalidation of the session's own `SET` is answered
+    /// but not kept.
     #[track_caller]
     pub(crate) fn warm(&self, path: &str, cookie: &str) {
+        let scrape = metrics::Scrape::of(&self.gw);
+        if scrape.value("sessiongate_revocation_push_enabled", &[]) == 1.0 {
+            assert_eventually!(
+                metrics::push_armed(&self.gw),
+                Duration::from_secs(5),
+                "the push channel must be armed"
+            );
+        }
         assert_eventually!(
             {
                 let first = self.echoed_bearer(path, cookie);
