@@ -285,3 +285,55 @@ fn responses_pass_through_unchanged() {
     );
     assert_eq!(missing.count(), 1);
 }
+
+#[test]
+fn content_encoding_is_left_to_the_upstream_both_ways() {
+    // The gateway neither compresses nor decompresses: Accept-Encoding reaches the
+    // upstream as sent, a plain body comes back plain to a client that accepts gzip, br
+    // and zstd, and an encoded body comes back with its Content-Encoding, byte for byte,
+    // whatever the client accepts.
+    let redis = RedisServer::start();
+    let text = "compressible text, repeated. ".repeat(4096).into_bytes();
+    let encoded = pseudo_random(64 << 10);
+    let plain = Upstream::fixed_with(
+        "plain",
+        200,
+        &[("content-type", "text/plain")],
+        text.clone(),
+    );
+    let gzip = Upstream::fixed_with(
+        "gzip",
+        200,
+        &[("content-type", "text/plain"), ("content-encoding", "gzip")],
+        encoded.clone(),
+    );
+    let echo = Upstream::echo("echo");
+    let gw = GatewayBuilder::new(&redis.url())
+        .route(Route::new("plain", "/plain", &[plain.addr()]).auth("none"))
+        .route(Route::new("gzip", "/gzip", &[gzip.addr()]).auth("none"))
+        .route(Route::new("echo", "/echo", &[echo.addr()]).auth("none"))
+        .start();
+    let accepts = "gzip, deflate, br, zstd";
+
+    let resp = raw::get(gw.addr(), "/plain", &[("Accept-Encoding", accepts)]).expect("plain");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-encoding"), None, "not compressed");
+    assert!(
+        resp.body == text,
+        "plain body: got {} bytes",
+        resp.body.len()
+    );
+
+    for accept in [Some(accepts), Some("identity"), None] {
+        let headers: Vec<(&str, &str)> =
+            accept.map(|a| ("Accept-Encoding", a)).into_iter().collect();
+        let resp = raw::get(gw.addr(), "/gzip", &headers).expect("gzip");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("content-encoding"), Some("gzip"), "{accept:?}");
+        assert!(resp.body == encoded, "{accept:?}: encoded body changed");
+    }
+
+    let resp = raw::get(gw.addr(), "/echo", &[("Accept-Encoding", accepts)]).expect("echo");
+    assert_eq!(resp.status, 200);
+    assert_eq!(echo.last().header("accept-encoding"), Some(accepts));
+}
