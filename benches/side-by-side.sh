@@ -10,8 +10,8 @@
 # bench's bare Pingora proxy (2 threads) on the same requests: `bare` against a gateway
 # gives what the gateway costs on top of proxying. Each round drives both gateways
 # with `wrk -t1 -c32` for DURATION seconds (default 10) at once, swapping which one
-# starts first, and prints each one's CPU µs per request (user + system, from /proc),
-# context switches per request, and B's CPU over A's. Needs wrk, redis-server, python3,
+# starts first, and prints each one's CPU µs per request (user + system, from /proc) and
+# the system (kernel) part of it, context switches per request, and B's CPU over A's. Needs wrk, redis-server, python3,
 # and the load bench's upstream (`cargo bench -p gateway --bench load --no-run`).
 set -euo pipefail
 
@@ -62,7 +62,7 @@ start b "$B"
 
 cookie_script "$PATH_KIND"
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks() { awk '{print $14 ":" $15}' "/proc/$1/stat"; }
 switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
 drive() { wrk -t1 -c32 -d"${DURATION}s" -s "$WORK/cookies.lua" "http://127.0.0.1:$1" >"$2"; }
 for port in "$PORT_a" "$PORT_b"; do
@@ -70,8 +70,8 @@ for port in "$PORT_a" "$PORT_b"; do
 done
 
 hz=$(getconf CLK_TCK)
-echo "| round | A CPU µs/req | B CPU µs/req | B / A | A switches/req | B switches/req | A req/s | B req/s |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| round | A CPU µs/req | B CPU µs/req | B / A | A sys µs/req | B sys µs/req | A switches/req | B switches/req | A req/s | B req/s |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for round in $(seq 1 "$ROUNDS"); do
   ta=$(ticks "$GW_a"); tb=$(ticks "$GW_b"); sa=$(switches "$GW_a"); sb=$(switches "$GW_b")
   if [ $((round % 2)) -eq 1 ]; then
@@ -89,8 +89,10 @@ import sys
 hz, secs = int(sys.argv[1]), float(sys.argv[2])
 def side(t0, t1, s0, s1, n):
     n = int(n)
-    return (int(t1) - int(t0)) / hz * 1e6 / n, (int(s1) - int(s0)) / n, n / secs
+    (u0, k0), (u1, k1) = (map(int, t.split(":")) for t in (t0, t1))
+    per = lambda ticks: ticks / hz * 1e6 / n
+    return per(u1 + k1 - u0 - k0), per(k1 - k0), (int(s1) - int(s0)) / n, n / secs
 a = side(*sys.argv[3:8]); b = side(*sys.argv[8:13])
-print(f"| {sys.argv[13]} | {a[0]:.1f} | {b[0]:.1f} | {b[0] / a[0]:.2f} | {a[1]:.2f} | {b[1]:.2f} | {a[2]:.0f} | {b[2]:.0f} |")
+print(f"| {sys.argv[13]} | {a[0]:.1f} | {b[0]:.1f} | {b[0] / a[0]:.2f} | {a[1]:.1f} | {b[1]:.1f} | {a[2]:.2f} | {b[2]:.2f} | {a[3]:.0f} | {b[3]:.0f} |")
 EOF
 done
