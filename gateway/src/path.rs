@@ -100,11 +100,13 @@ pub fn matches_prefix(path: &NormalizedPath, prefix: &str) -> bool {
     if prefix.is_empty() {
         return true;
     }
-    let mut segments = path.0[1..].split('/');
-    prefix.split('/').all(|want| {
+    // On bytes: `/` and `;` are ASCII, so they split UTF-8 text where `str::split` would,
+    // without its character searcher (every route is tried in turn, on every request).
+    let mut segments = path.0.as_bytes()[1..].split(|&b| b == b'/');
+    prefix.as_bytes().split(|&b| b == b'/').all(|want| {
         segments
             .next()
-            .is_some_and(|seg| seg.split(';').next().unwrap_or(seg) == want)
+            .is_some_and(|seg| seg.split(|&b| b == b';').next().unwrap_or(seg) == want)
     })
 }
 

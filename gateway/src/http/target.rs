@@ -143,15 +143,17 @@ pub fn parse(req: &RequestHeader) -> Result<Target<'_>, TargetError> {
 
 /// Splits `host[:port]` (IPv6 in brackets); the host keeps its brackets.
 fn split_port(authority: &str) -> (&str, Option<&str>) {
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    // Byte positions: `@`, `[`, `]` and `:` are ASCII, so they are character boundaries.
+    let last = |byte: u8, text: &str| text.bytes().rposition(|b| b == byte);
+    let authority = last(b'@', authority).map_or(authority, |at| &authority[at + 1..]);
     if authority.starts_with('[') {
-        return match authority.find(']') {
+        return match authority.bytes().position(|b| b == b']') {
             Some(end) => (&authority[..=end], authority[end + 1..].strip_prefix(':')),
             None => (authority, None),
         };
     }
-    match authority.rsplit_once(':') {
-        Some((host, port)) => (host, Some(port)),
+    match last(b':', authority) {
+        Some(colon) => (&authority[..colon], Some(&authority[colon + 1..])),
         None => (authority, None),
     }
 }
@@ -356,7 +358,29 @@ mod tests {
         ]
     }
 
+    /// `split_port` as it was written with `str` patterns: what the byte search must equal.
+    fn split_port_by_str(authority: &str) -> (&str, Option<&str>) {
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+        if authority.starts_with('[') {
+            return match authority.find(']') {
+                Some(end) => (&authority[..=end], authority[end + 1..].strip_prefix(':')),
+                None => (authority, None),
+            };
+        }
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    }
+
     proptest! {
+        #[test]
+        fn split_port_splits_where_str_patterns_split(
+            authority in prop_oneof![authority(), "[@:\\[\\]a-zé€1]{0,12}"],
+        ) {
+            prop_assert_eq!(split_port(&authority), split_port_by_str(&authority));
+        }
+
         #[test]
         fn hosts_normalize_to_what_routes_match(authority in authority()) {
             let Ok(host) = normalize_host(&authority) else { return Ok(()) };
