@@ -249,12 +249,18 @@ pub struct ExtraHeaders<'a> {
     headers: [(&'static str, Option<&'a HeaderValue>); 2],
 }
 
-impl<'a> ExtraHeaders<'a> {
-    /// Each name with its value, those present only.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &'a HeaderValue)> + '_ {
-        self.headers
-            .iter()
-            .filter_map(|&(name, value)| value.map(|v| (name, v)))
+impl ExtraHeaders<'_> {
+    /// Sets each header that has a value on `response` (replacing one of the same name).
+    ///
+    /// # Errors
+    /// If Pingora refuses a header (it does not for these names and values).
+    pub fn insert_into(&self, response: &mut ResponseHeader) -> Result<()> {
+        for &(name, value) in &self.headers {
+            if let Some(value) = value {
+                response.insert_header(name, value.clone())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -507,9 +513,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        for (name, value) in ctx.extra_headers().iter() {
-            upstream_response.insert_header(name, value.clone())?;
-        }
+        ctx.extra_headers().insert_into(upstream_response)?;
         if ctx.session_valid() {
             self.watch_if_long_lived(session, upstream_response, ctx);
         }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use serde::Serialize;
 
 use crate::proxy::ExtraHeaders;
-use serde::Serialize;
 
 /// Why the gateway answers a request itself instead of forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,9 +159,7 @@ pub async fn write(
     body: Bytes,
     extra: &ExtraHeaders<'_>,
 ) -> pingora::Result<()> {
-    for (name, value) in extra.iter() {
-        header.insert_header(name, value.clone())?;
-    }
+    extra.insert_into(&mut header)?;
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(header), head_only)

@@ -119,9 +119,7 @@ pub async fn serve(
         gw.refuse(session, ctx, Refusal::BadGateway).await?;
         return Ok(true);
     };
-    for (name, value) in ctx.extra_headers().iter() {
-        response.insert_header(name, value.clone())?;
-    }
+    ctx.extra_headers().insert_into(&mut response)?;
     ctx.answer = Answer::Upstream;
     if !up.was_upgraded() {
         // The upstream declined the upgrade: relay its answer.
