@@ -202,30 +202,22 @@ pub fn set_forwarding(req: &mut RequestHeader, origin: &Origin<'_>) -> pingora::
     Ok(())
 }
 
-/// `ip` as text in `buf`: IPv4 digit by digit (the common case, per request), IPv6 by its
-/// `Display`.
+/// `ip` as text in `buf`: IPv4 octet by octet with itoa (the common case, per request),
+/// IPv6 by its `Display`.
 fn ip_text(buf: &mut [u8; 64], ip: IpAddr) -> Option<&str> {
     let IpAddr::V4(v4) = ip else {
         return display_in(buf, ip);
     };
+    let mut digits = itoa::Buffer::new();
     let mut len = 0;
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
             buf[len] = b'.';
             len += 1;
         }
-        let digits = [octet / 100, octet / 10 % 10, octet % 10];
-        let skip = if octet >= 100 {
-            0
-        } else if octet >= 10 {
-            1
-        } else {
-            2
-        };
-        for d in &digits[skip..] {
-            buf[len] = b'0' + d;
-            len += 1;
-        }
+        let text = digits.format(octet).as_bytes();
+        buf[len..len + text.len()].copy_from_slice(text);
+        len += text.len();
     }
     std::str::from_utf8(&buf[..len]).ok()
 }
