@@ -627,11 +627,7 @@ fn retiring_a_key_removes_it_from_every_replica_at_once_and_it_never_signs_again
     // Cached once the invalidation channel is armed (until then lookups bypass the
     // cache, and arming flushes it) and two answers in a row carry the same token (a
     // read racing the invalidation of the session's own SET is answered but not cached).
-    assert_eventually!(
-        crate::harness::metrics::push_armed(&a),
-        Duration::from_secs(5),
-        "A's push channel is armed"
-    );
+    crate::harness::metrics::wait_armed(&a, Duration::from_secs(5));
     let mut first_a = mint(&http, &a, "/api/orders", &cookie).expect("mint via A");
     assert_eventually!(
         {

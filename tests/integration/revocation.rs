@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::harness::cli::sg_ok;
 use crate::harness::eventually::poll;
-use crate::harness::metrics::{Scrape, push_armed, tracking_clients};
+use crate::harness::metrics::{Scrape, push_armed, tracking_clients, wait_armed};
 use crate::harness::{
     ALLOWED_ORIGIN, GatewayBuilder, RedisServer, Route, Stack, Upstream, assert_eventually,
     assert_refusal, client, cookie_header, new_cookie, raw, session_json, session_key,
@@ -43,7 +43,7 @@ fn routes(b: GatewayBuilder, up: &Upstream) -> GatewayBuilder {
 /// A stack with push invalidation on (the default), waiting until it is armed.
 fn pushed(cache_ttl: &str) -> Stack {
     let s = Stack::start(|b, up| routes(b, up).cache_ttl(cache_ttl));
-    wait_armed(&s.gw);
+    wait_armed(&s.gw, ARM_WITHIN);
     s
 }
 
@@ -56,13 +56,8 @@ fn unpushed(cache_ttl: &str) -> Stack {
     })
 }
 
-fn wait_armed(gw: &crate::harness::Gateway) {
-    assert_eventually!(
-        push_armed(gw),
-        Duration::from_secs(10),
-        "the push channel must arm"
-    );
-}
+/// How long a new push channel may take to arm.
+const ARM_WITHIN: Duration = Duration::from_secs(10);
 
 /// Polls until `path` refuses `cookie` with 401; returns how long that took.
 #[track_caller]
@@ -322,7 +317,7 @@ fn while_the_push_channel_is_down_the_cache_is_bypassed_and_re_arming_flushes_it
     let gw = routes(GatewayBuilder::new(&url), &up)
         .cache_ttl("30s")
         .start();
-    wait_armed(&gw);
+    wait_armed(&gw, ARM_WITHIN);
     let s = Stack {
         gw,
         up,
@@ -368,7 +363,7 @@ fn while_the_push_channel_is_down_the_cache_is_bypassed_and_re_arming_flushes_it
     s.redis.del(&s.key(&c));
 
     s.redis.cli(&["ACL", "SETUSER", "gw", "+client|tracking"]);
-    wait_armed(&s.gw);
+    wait_armed(&s.gw, ARM_WITHIN);
     // Re-arming flushed what may have missed an invalidation.
     assert_refusal(s.get("/api/orders", Some(&c)), 401, "unauthenticated");
     assert_eq!(s.status("/api/orders", Some(&b)), 200);
@@ -446,7 +441,7 @@ fn redis_outage_serves_cached_sessions_no_older_than_cache_ttl_then_503_and_reco
         Duration::from_secs(10)
     );
     assert_eventually!(readyz() == 200, Duration::from_secs(10));
-    wait_armed(&s.gw);
+    wait_armed(&s.gw, ARM_WITHIN);
     assert_eq!(s.status("/api/orders", Some(&back)), 200);
     // The restarted Redis has no session for the old cookie.
     assert_refusal(s.get("/api/orders", Some(&cookie)), 401, "unauthenticated");
@@ -478,7 +473,7 @@ fn redis_restart_never_lets_a_lost_session_through_and_push_resumes() {
         "lost session refused {:?} after Redis restarted",
         restarted.elapsed()
     );
-    wait_armed(&s.gw);
+    wait_armed(&s.gw, ARM_WITHIN);
     let next = s.login("user-next");
     s.warm("/api/orders", &next);
     s.redis.del(&s.key(&next));
@@ -703,7 +698,7 @@ fn with_push_the_negative_cache_hides_a_new_session_only_for_milliseconds() {
             .cache_ttl("30s")
             .set("session.negative_cache_ttl", "10s")
     });
-    wait_armed(&s.gw);
+    wait_armed(&s.gw, ARM_WITHIN);
     let cookie = new_cookie();
     assert_refusal(s.get("/api/orders", Some(&cookie)), 401, "unauthenticated");
     assert_refusal(s.get("/api/orders", Some(&cookie)), 401, "unauthenticated");
@@ -825,7 +820,7 @@ fn the_cache_is_bounded_and_its_metrics_say_so() {
             .cache_ttl("30s")
             .set("session.cache_max_entries", 16)
     });
-    wait_armed(&s.gw);
+    wait_armed(&s.gw, ARM_WITHIN);
     let cookies: Vec<String> = (0..64).map(|i| s.login(&format!("user-{i}"))).collect();
     for c in &cookies {
         assert_eq!(s.status("/api/orders", Some(c)), 200);

@@ -5,6 +5,9 @@
 //! `name value`; a query names the metric and the labels that must be present and sums
 //! every sample that matches, so a counter split by other labels still adds up.
 
+use std::time::Duration;
+
+use super::eventually::assert_eventually;
 use super::gateway::Gateway;
 use super::raw;
 use super::redis::RedisServer;
@@ -72,6 +75,15 @@ impl Scrape {
 /// and vouches for the cache.
 pub(crate) fn push_armed(gw: &Gateway) -> bool {
     Scrape::of(gw).value("sessiongate_revocation_push_connected", &[]) == 1.0
+}
+
+/// Waits up to `within` for [`push_armed`].
+///
+/// # Panics
+/// If the push channel is not armed by then.
+#[track_caller]
+pub(crate) fn wait_armed(gw: &Gateway, within: Duration) {
+    assert_eventually!(push_armed(gw), within, "the push channel must arm");
 }
 
 /// The ids of the connections with client-side caching on (`CLIENT LIST` flag `t`).

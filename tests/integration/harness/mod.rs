@@ -323,11 +323,7 @@ impl Stack {
     pub(crate) fn warm(&self, path: &str, cookie: &str) {
         let scrape = metrics::Scrape::of(&self.gw);
         if scrape.value("sessiongate_revocation_push_enabled", &[]) == 1.0 {
-            assert_eventually!(
-                metrics::push_armed(&self.gw),
-                Duration::from_secs(5),
-                "the push channel must be armed"
-            );
+            metrics::wait_armed(&self.gw, Duration::from_secs(5));
         }
         assert_eventually!(
             {
