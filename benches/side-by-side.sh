@@ -11,8 +11,9 @@
 # gives what the gateway costs on top of proxying. Each round drives both gateways
 # with `wrk -t1 -c32` for DURATION seconds (default 10) at once, swapping which one
 # starts first, and prints each one's CPU µs per request (user + system, from /proc) and
-# the system (kernel) part of it, context switches per request, and B's CPU over A's. Needs wrk, redis-server, python3,
-# and the load bench's upstream (`cargo bench -p gateway --bench load --no-run`).
+# the system (kernel) part of it, context switches per request, and B's CPU over A's.
+# Needs wrk, redis-server, python3, and the load bench's upstream
+# (`cargo bench -p gateway --bench load --no-run`).
 set -euo pipefail
 
 PATH_KIND=${1:?critical or cached}
