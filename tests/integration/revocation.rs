@@ -40,11 +40,9 @@ fn routes(b: GatewayBuilder, up: &Upstream) -> GatewayBuilder {
         .route(Route::new("billing", "/api/billing", &[up.addr()]).critical())
 }
 
-/// A stack with push invalidation on (the default), waiting until it is armed.
+/// A stack with push invalidation on (the default), armed ([`Stack::start`] waits).
 fn pushed(cache_ttl: &str) -> Stack {
-    let s = Stack::start(|b, up| routes(b, up).cache_ttl(cache_ttl));
-    wait_armed(&s.gw, ARM_WITHIN);
-    s
+    Stack::start(|b, up| routes(b, up).cache_ttl(cache_ttl))
 }
 
 /// A stack with `session.push_invalidation = false`: the cache_ttl baseline.
@@ -698,7 +696,6 @@ fn with_push_the_negative_cache_hides_a_new_session_only_for_milliseconds() {
             .cache_ttl("30s")
             .set("session.negative_cache_ttl", "10s")
     });
-    wait_armed(&s.gw, ARM_WITHIN);
     let cookie = new_cookie();
     assert_refusal(s.get("/api/orders", Some(&cookie)), 401, "unauthenticated");
     assert_refusal(s.get("/api/orders", Some(&cookie)), 401, "unauthenticated");
@@ -820,7 +817,6 @@ fn the_cache_is_bounded_and_its_metrics_say_so() {
             .cache_ttl("30s")
             .set("session.cache_max_entries", 16)
     });
-    wait_armed(&s.gw, ARM_WITHIN);
     let cookies: Vec<String> = (0..64).map(|i| s.login(&format!("user-{i}"))).collect();
     for c in &cookies {
         assert_eq!(s.status("/api/orders", Some(c)), 200);

@@ -252,18 +252,35 @@ pub(crate) struct Stack {
 
 impl Stack {
     /// Starts Redis and an echo upstream, then a gateway configured by `configure`
-    /// (which adds routes pointing at the upstream).
+    /// (which adds routes pointing at the upstream), and returns once it is ready and,
+    /// when it has a push channel, that channel is armed.
+    ///
+    /// `/readyz` can answer before the channel arms. Until then lookups bypass the cache
+    /// and keep the session's tokens, and arming flushes the cache: a test that
+    /// compares two answers across that moment would see a token reused or re-minted
+    /// by chance. Tests of the unarmed state break the channel after the start.
     pub(crate) fn start(
         configure: impl FnOnce(GatewayBuilder, &Upstream) -> GatewayBuilder,
     ) -> Self {
         let redis = RedisServer::start();
         let up = Upstream::echo("echo");
         let gw = configure(GatewayBuilder::new(&redis.url()), &up).start();
-        Stack {
+        let stack = Stack {
             gw,
             up,
             redis,
             http: client(),
+        };
+        stack.wait_armed_if_pushed(Duration::from_secs(10));
+        stack
+    }
+
+    /// When the gateway has a push channel, waits up to `within` for it to be armed.
+    #[track_caller]
+    fn wait_armed_if_pushed(&self, within: Duration) {
+        let scrape = metrics::Scrape::of(&self.gw);
+        if scrape.value("sessiongate_revocation_push_enabled", &[]) == 1.0 {
+            metrics::wait_armed(&self.gw, within);
         }
     }
 
@@ -314,17 +331,13 @@ impl Stack {
 
     /// Requests `path` (a non-critical route to this stack's upstream) with `cookie`
     /// until two answers in a row carry the same bearer, i.e. the session and its token
-    /// are cached. With a push channel, it first waits for the channel to be armed:
-    /// until then lookups bypass the cache (a bypassing read keeps the session's tokens,
-    /// so two answers can match), and arming flushes it. A single request is not enough
-    /// either: a read that raced the invalidation of the session's own `SET` is answered
-    /// but not kept.
+    /// are cached. With a push channel, it first waits for the channel to be armed
+    /// (again: a test may have broken it since [`Stack::start`]). A single request is
+    /// not enough either: a read that raced the invalidation of the session's own `SET`
+    /// is answered but not kept.
     #[track_caller]
     pub(crate) fn warm(&self, path: &str, cookie: &str) {
-        let scrape = metrics::Scrape::of(&self.gw);
-        if scrape.value("sessiongate_revocation_push_enabled", &[]) == 1.0 {
-            metrics::wait_armed(&self.gw, Duration::from_secs(5));
-        }
+        self.wait_armed_if_pushed(Duration::from_secs(5));
         assert_eventually!(
             {
                 let first = self.echoed_bearer(path, cookie);
