@@ -7,6 +7,7 @@
 #   PORT=$(free_port)
 #   write_sessions NAME        # 256 sessions in Redis, their cookies in $WORK/cookies
 #   cookie_script PATH_KIND    # $WORK/cookies.lua: wrk requests /PATH_KIND/x rotating them
+#                              # (HEADERS=browser: with a browser's headers)
 #   gateway_config DIR PORT ADMIN_PORT FILTER [CACHE_TTL]
 #                              # DIR/gateway.toml: routes /cached and /critical onto
 #                              # 127.0.0.1:$UP_PORT, 2 threads, keys in DIR/keys
@@ -48,15 +49,37 @@ EOF
 }
 
 # $WORK/cookies.lua: a wrk script sending GET /PATH_KIND/x with the cookies of
-# $WORK/cookies in turn.
+# $WORK/cookies in turn. HEADERS=browser adds what a browser sends with a page's fetch
+# (Chrome's headers, and two cookies of other applications beside the session's): the
+# default request carries only Host and Cookie, which understates the header work of
+# both proxies.
 cookie_script() {
+  local extra="" others=""
+  if [ "${HEADERS:-minimal}" = browser ]; then
+    extra='
+    ["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    ["Accept"] = "application/json, text/plain, */*",
+    ["Accept-Language"] = "en-GB,en;q=0.9,de;q=0.8",
+    ["Accept-Encoding"] = "gzip, deflate, br, zstd",
+    ["Referer"] = "https://app.example.com/orders",
+    ["Sec-Fetch-Site"] = "same-origin",
+    ["Sec-Fetch-Mode"] = "cors",
+    ["Sec-Fetch-Dest"] = "empty",
+    ["Sec-CH-UA"] = "\"Chromium\";v=\"131\", \"Not_A Brand\";v=\"24\"",
+    ["Sec-CH-UA-Mobile"] = "?0",
+    ["Sec-CH-UA-Platform"] = "\"Linux\"",
+    ["Priority"] = "u=1, i",'
+    others='"_ga=GA1.1.1234567890.1733300000; theme=dark; " .. '
+  fi
   cat >"$WORK/cookies.lua" <<EOF
 local cookies = {}
 for line in io.lines("$WORK/cookies") do cookies[#cookies + 1] = line end
 local i = 0
 request = function()
   i = i % #cookies + 1
-  return wrk.format("GET", "/$1/x", { ["Cookie"] = "__Host-session=" .. cookies[i] })
+  return wrk.format("GET", "/$1/x", {$extra
+    ["Cookie"] = ${others}"__Host-session=" .. cookies[i],
+  })
 end
 EOF
 }

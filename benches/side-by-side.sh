@@ -12,6 +12,7 @@
 # with `wrk -t1 -c32` for DURATION seconds (default 10) at once, swapping which one
 # starts first, and prints each one's CPU µs per request (user + system, from /proc) and
 # the system (kernel) part of it, context switches per request, and B's CPU over A's.
+# HEADERS=browser sends a browser's headers instead of Host and Cookie alone (lib.sh).
 # Needs wrk, redis-server, python3, and the load bench's upstream
 # (`cargo bench -p gateway --bench load --no-run`).
 set -euo pipefail
