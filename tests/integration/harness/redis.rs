@@ -42,6 +42,10 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
 pub(crate) struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// While stopped, the port bound but not listening: connecting is refused, as with
+    /// no server at all, and nothing else on the machine can take the port (a test's
+    /// free port, an outgoing connection's ephemeral one) before [`RedisServer::restart`].
+    held: Option<socket2::Socket>,
     dir: TempDir,
     tls: Option<Tls>,
     extra: Vec<String>,
@@ -96,6 +100,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port: 0,
             child: None,
+            held: None,
             dir,
             tls,
             extra: extra.iter().map(|a| (*a).to_owned()).collect(),
@@ -238,6 +243,7 @@ impl RedisServer {
     /// Stops the server (kill + wait), keeping the port for [`RedisServer::restart`].
     pub(crate) fn stop(&mut self) {
         self.kill();
+        self.held = hold(self.port);
     }
 
     /// Starts the server again on the same port (with an empty dataset).
@@ -246,7 +252,20 @@ impl RedisServer {
     /// If it does not come up within 10 s.
     pub(crate) fn restart(&mut self) {
         self.kill();
-        if let Err(log) = self.spawn_and_wait() {
+        self.held = None;
+        let mut result = self.spawn_and_wait();
+        // A socket that took the port in the instant it was free (an outgoing
+        // connection's ephemeral port) is gone within moments: try again.
+        for _ in 0..20 {
+            match &result {
+                Err(log) if log.contains("Address already in use") => {
+                    pause(Duration::from_millis(100));
+                    result = self.spawn_and_wait();
+                }
+                _ => break,
+            }
+        }
+        if let Err(log) = result {
             panic!("redis-server did not restart on port {}:\n{log}", self.port);
         }
     }
@@ -329,6 +348,18 @@ impl RedisServer {
             let _ = child.wait();
         }
     }
+}
+
+/// `127.0.0.1:port` bound (with `SO_REUSEADDR`, beside the killed server's `TIME_WAIT`
+/// connections) but not listening; `None` if something else holds it already.
+fn hold(port: u16) -> Option<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+    socket.set_reuse_address(true).ok()?;
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .ok()?;
+    Some(socket)
 }
 
 impl Drop for RedisServer {
