@@ -11,6 +11,7 @@
 #   gateway_config DIR PORT ADMIN_PORT FILTER [CACHE_TTL]
 #                              # DIR/gateway.toml: routes /cached and /critical onto
 #                              # 127.0.0.1:$UP_PORT, 2 threads, keys in DIR/keys
+#                              # (ALG=EdDSA signs with Ed25519; default ES256)
 
 bench_setup() {
   WORK=$(mktemp -d "/tmp/sg-$1.XXXXXX")
@@ -99,6 +100,7 @@ pool_size = 4
 [keys]
 store = "file"
 dir = "$dir/keys"
+algorithm = "${ALG:-ES256}"
 [session]
 cache_ttl = "$cache_ttl"
 [log]

@@ -10,6 +10,7 @@
 # difference between a path's breakdown and bare's is what the gateway adds.
 # ACCESS_LOG=off turns the access log off; PERF=off measures CPU per request only.
 # HEADERS=browser has wrk send a browser's headers (lib.sh's cookie_script).
+# ALG=EdDSA has the gateway sign with Ed25519 (default ES256).
 # MEASURE=instructions counts the proxy's user-space instructions per request under
 # callgrind instead (REQUESTS, default 2000, one at a time; needs valgrind; a 120 s
 # session cache, CACHE_TTL, so that refreshes stay as rare as at full speed): within ~2%

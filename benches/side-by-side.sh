@@ -13,6 +13,8 @@
 # starts first, and prints each one's CPU µs per request (user + system, from /proc) and
 # the system (kernel) part of it, context switches per request, and B's CPU over A's.
 # HEADERS=browser sends a browser's headers instead of Host and Cookie alone (lib.sh).
+# ALG_A / ALG_B (ES256 or EdDSA, default ES256) choose each gateway's signing algorithm:
+# the same binary twice, ES256 against EdDSA, compares the two on the critical path.
 # Needs wrk, redis-server, python3, and the load bench's upstream
 # (`cargo bench -p gateway --bench load --no-run`).
 set -euo pipefail
@@ -52,7 +54,8 @@ start() {
     until curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; do sleep 0.1; done
     return
   fi
-  gateway_config "$WORK/$name" "$port" "$admin" "warn,sessiongate=info,gateway=info,exchange=info,keys=info"
+  local alg_var="ALG_${name^^}"
+  ALG=${!alg_var:-ES256} gateway_config "$WORK/$name" "$port" "$admin" "warn,sessiongate=info,gateway=info,exchange=info,keys=info"
   "$bin" run --config "$WORK/$name/gateway.toml" 2>"$WORK/$name/gateway.log" &
   PIDS+=($!)
   eval "GW_$name=$!"
