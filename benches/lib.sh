@@ -8,10 +8,20 @@
 #   write_sessions NAME        # 256 sessions in Redis, their cookies in $WORK/cookies
 #   cookie_script PATH_KIND    # $WORK/cookies.lua: wrk requests /PATH_KIND/x rotating them
 #                              # (HEADERS=browser: with a browser's headers)
+#   wait_ready PID ADMIN_PORT LOG  # until /readyz is 200; exits with LOG if PID dies
 #   gateway_config DIR PORT ADMIN_PORT FILTER [CACHE_TTL]
 #                              # DIR/gateway.toml: routes /cached and /critical onto
 #                              # 127.0.0.1:$UP_PORT, 2 threads, keys in DIR/keys
 #                              # (ALG=EdDSA signs with Ed25519; default ES256)
+
+# wait_ready PID ADMIN_PORT LOG: until the gateway's /readyz answers 200; fails with its
+# log if the gateway exits first (a config it refuses, a port it cannot bind).
+wait_ready() {
+  until curl -fs "http://127.0.0.1:$2/readyz" >/dev/null 2>&1; do
+    kill -0 "$1" 2>/dev/null || { echo "the gateway exited before it was ready:" >&2; cat "$3" >&2; exit 1; }
+    sleep 0.1
+  done
+}
 
 bench_setup() {
   WORK=$(mktemp -d "/tmp/sg-$1.XXXXXX")
@@ -100,6 +110,7 @@ pool_size = 4
 [keys]
 store = "file"
 dir = "$dir/keys"
+[token]
 algorithm = "${ALG:-ES256}"
 [session]
 cache_ttl = "$cache_ttl"

@@ -69,7 +69,7 @@ else
   "${LAUNCH[@]}" "$GATEWAY" run --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" &
   GW=$!
   PIDS+=($GW)
-  until curl -fs "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1; do sleep 0.1; done
+  wait_ready "$GW" "$ADMIN_PORT" "$WORK/gateway.log"
 fi
 
 if [ "$MEASURE" = instructions ]; then

@@ -60,7 +60,7 @@ start() {
   PIDS+=($!)
   eval "GW_$name=$!"
   eval "PORT_$name=$port"
-  until curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1; do sleep 0.1; done
+  wait_ready "$!" "$admin" "$WORK/$name/gateway.log"
 }
 start a "$A"
 start b "$B"
