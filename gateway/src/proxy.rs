@@ -33,6 +33,7 @@ use crate::jwks;
 use crate::metrics::Metrics;
 use crate::respond::{self, Refusal};
 use crate::route::{Route, RouteTable};
+use crate::telemetry;
 
 /// Settings the proxy reads per request, swapped whole on reload.
 pub struct ProxySettings {
@@ -651,26 +652,26 @@ impl ProxyHttp for Gateway {
                 .observe(elapsed.as_secs_f64()),
         }
         // One access line per request. Never a cookie, token, key or query string.
-        let upstream = ctx.upstream_label.as_deref().unwrap_or("-");
-        let request_id = ctx
-            .request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        info!(
-            target: "sessiongate::access",
-            method = %session.req_header().method,
+        if !tracing::enabled!(target: "sessiongate::access", tracing::Level::INFO) {
+            return;
+        }
+        let line = telemetry::Access {
+            method: session.req_header().method.as_str(),
             route,
             status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            session = ctx.session.label(),
-            upstream,
-            kid = ctx.kid.as_ref().map_or("-", |k| k.as_str()),
-            answered_by = ctx.answer.label(),
-            error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
-            request_id,
-            "request"
-        );
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            session: ctx.session.label(),
+            upstream: ctx.upstream_label.as_deref().unwrap_or("-"),
+            kid: ctx.kid.as_ref().map_or("-", |k| k.as_str()),
+            answered_by: ctx.answer.label(),
+            error: e.map(|e| e.etype().as_str()).unwrap_or("-"),
+            request_id: ctx
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
+        };
+        telemetry::access(&line);
     }
 }
 

@@ -11,28 +11,28 @@
 //! for every line; under load that worker spun and parked once per request and cost about
 //! a tenth of the gateway's CPU; see docs/performance.md.)
 //!
-//! The access line (target `sessiongate::access`, one per request) is formatted by
-//! `AccessFast`, which writes exactly what tracing-subscriber's default human format
-//! writes (a test compares the two byte for byte) without its per-field styling
-//! machinery; every other event, and any access line it cannot render identically, goes
-//! to the default formatter.
+//! The access line (target `sessiongate::access`, one per request) is written by
+//! [`access`] straight into that buffer when the human format is on without ANSI
+//! styling: exactly what tracing-subscriber's default human format writes for the
+//! equivalent event (a test compares the two byte for byte), without building an event
+//! and visiting its fields one dynamic call at a time. Any line it cannot render
+//! identically (a value the default would escape), and every line of the JSON format,
+//! is an ordinary `tracing` event.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Metadata, Subscriber};
+use tracing::{Level, Metadata};
 use tracing_subscriber::filter::{EnvFilter, FilterFn};
 use tracing_subscriber::fmt;
-use tracing_subscriber::fmt::format::{Format, Full, Writer};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
-use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{LogConfig, LogFormat};
@@ -93,8 +93,9 @@ pub fn init(log: &LogConfig) -> LogGuard {
         .with_ansi(ansi);
     let output = match log.format {
         LogFormat::Json => output.json().flatten_event(true).boxed(),
-        LogFormat::Human => output.event_format(AccessFast::new(Clock)).boxed(),
+        LogFormat::Human => output.with_timer(Clock).boxed(),
     };
+    let direct = matches!(log.format, LogFormat::Human) && !ansi;
     // try_init also installs the `log` → tracing bridge (Pingora logs through `log`),
     // with `log`'s max level taken from the filter. It fails when a subscriber is
     // already installed (a second call); only then is this writer unused.
@@ -105,6 +106,9 @@ pub fn init(log: &LogConfig) -> LogGuard {
         .try_init();
     if installed.is_err() {
         return LogGuard { writer: None };
+    }
+    if direct {
+        let _ = ACCESS_WRITER.set(shared.clone());
     }
     let thread_shared = shared.clone();
     let thread = std::thread::Builder::new()
@@ -247,104 +251,141 @@ impl FormatTime for Clock {
 /// The target of the one-line-per-request access log.
 const ACCESS_TARGET: &str = "sessiongate::access";
 
-/// tracing-subscriber's default human event format, with a fast path for access lines.
-///
-/// The fast path renders the line into a thread-local buffer exactly as the default
-/// `Format<Full, T>` with ANSI off would (timestamp, padded level, target, fields with
-/// `Debug` values); when a value would need escaping, or the event is inside a span, it
-/// gives up and the default formatter renders the event instead.
-struct AccessFast<T> {
-    default: Format<Full, T>,
-    timer: T,
+/// The fields of one access line, in the order the line prints them.
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    /// The request method (printed as is, as `%method` prints it).
+    pub method: &'a str,
+    /// The route's name, or `none`.
+    pub route: &'a str,
+    /// The status answered.
+    pub status: u16,
+    /// From the request head to the end of the answer.
+    pub latency_ms: f64,
+    /// What the session lookup found.
+    pub session: &'a str,
+    /// The upstream the request went to, or `-`.
+    pub upstream: &'a str,
+    /// The signing key's id, or `-`.
+    pub kid: &'a str,
+    /// Who answered: the upstream or the gateway.
+    pub answered_by: &'a str,
+    /// The error type, or `-`.
+    pub error: &'a str,
+    /// The request's id.
+    pub request_id: &'a str,
 }
 
-impl<T: FormatTime + Clone> AccessFast<T> {
-    fn new(timer: T) -> Self {
-        Self {
-            default: Format::default().with_timer(timer.clone()),
-            timer,
-        }
-    }
-}
+/// The installed writer's buffer, when access lines may be written without `tracing`
+/// (the human format, without ANSI styling).
+static ACCESS_WRITER: OnceLock<Arc<Shared>> = OnceLock::new();
 
 thread_local! {
     static ACCESS_LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
 }
 
-impl<S, N, T> FormatEvent<S, N> for AccessFast<T>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    T: FormatTime,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> std::fmt::Result {
-        if event.metadata().target() == ACCESS_TARGET
-            && !writer.has_ansi_escapes()
-            && ctx.event_scope().is_none()
-        {
-            let written = ACCESS_LINE.with(|line| {
-                let Ok(mut line) = line.try_borrow_mut() else {
-                    return Ok(false);
-                };
-                line.clear();
-                if !render_plain(&self.timer, event, &mut line) {
-                    return Ok(false);
-                }
-                writer.write_str(&line).map(|()| true)
-            })?;
-            if written {
-                #[cfg(test)]
-                tests::FAST_LINES.with(|n| n.set(n.get() + 1));
-                return Ok(());
-            }
-        }
-        self.default.format_event(ctx, writer, event)
+/// Logs one access line: straight into the log buffer when it can (the human format
+/// without ANSI styling, and nothing to escape), else as the equivalent `tracing` event.
+/// The caller checks first that the access target is enabled.
+pub fn access(line: &Access<'_>) {
+    if !write_access(line) {
+        access_event(line);
     }
 }
 
-/// Renders `event` as the default format does; `false` when it cannot do so identically.
-fn render_plain(timer: &impl FormatTime, event: &Event<'_>, out: &mut String) -> bool {
-    let meta = event.metadata();
+/// The access line as a `tracing` event: target `sessiongate::access`, message
+/// `request`, then the fields in [`Access`]'s order.
+fn access_event(line: &Access<'_>) {
+    tracing::info!(
+        target: "sessiongate::access",
+        method = %line.method,
+        route = line.route,
+        status = line.status,
+        latency_ms = line.latency_ms,
+        session = line.session,
+        upstream = line.upstream,
+        kid = line.kid,
+        answered_by = line.answered_by,
+        error = line.error,
+        request_id = line.request_id,
+        "request"
+    );
+}
+
+/// Writes `line` into the log buffer exactly as the human format prints its
+/// [`access_event`]. `false` when it cannot (no writer of ours, the JSON format, ANSI
+/// styling, or a value the default format would escape).
+fn write_access(line: &Access<'_>) -> bool {
+    let Some(shared) = ACCESS_WRITER.get() else {
+        return false;
+    };
+    ACCESS_LINE.with(|buf| {
+        let Ok(mut buf) = buf.try_borrow_mut() else {
+            return false;
+        };
+        buf.clear();
+        if !render_access(&Clock, line, &mut buf) {
+            return false;
+        }
+        let mut writer = LineWriter {
+            shared,
+            urgent: false,
+        };
+        writer.write(buf.as_bytes()).is_ok()
+    })
+}
+
+/// Renders `line` as the default human format renders the access event (timestamp,
+/// padded level, target, the message, then each field with `Debug` values); `false` when
+/// a string the default quotes would need escaping.
+fn render_access(timer: &impl FormatTime, line: &Access<'_>, out: &mut String) -> bool {
+    let quoted = [
+        line.route,
+        line.session,
+        line.upstream,
+        line.kid,
+        line.answered_by,
+        line.error,
+        line.request_id,
+    ];
+    // `%method` is written raw; a method is a token (no space, quote or control).
+    if !quoted.iter().all(|s| debug_is_quoted(s))
+        || !line.method.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return false;
+    }
     {
         let mut w = Writer::new(out);
         if timer.format_time(&mut w).is_err() && w.write_str("<unknown time>").is_err() {
             return false;
         }
     }
-    out.push(' ');
-    // The default pads the level to five characters and follows it with a space.
-    out.push_str(match *meta.level() {
-        Level::TRACE => "TRACE ",
-        Level::DEBUG => "DEBUG ",
-        Level::INFO => " INFO ",
-        Level::WARN => " WARN ",
-        Level::ERROR => "ERROR ",
-    });
-    out.push_str(meta.target());
-    out.push_str(": ");
-    let mut fields = PlainFields {
-        out,
-        first: true,
-        ok: true,
-    };
-    event.record(&mut fields);
-    if !fields.ok {
-        return false;
-    }
+    let mut int = itoa::Buffer::new();
+    out.push_str("  INFO ");
+    out.push_str(ACCESS_TARGET);
+    out.push_str(": request method=");
+    out.push_str(line.method);
+    push_quoted(out, " route=", line.route);
+    out.push_str(" status=");
+    out.push_str(int.format(line.status));
+    out.push_str(" latency_ms=");
+    push_f64_debug(out, line.latency_ms);
+    push_quoted(out, " session=", line.session);
+    push_quoted(out, " upstream=", line.upstream);
+    push_quoted(out, " kid=", line.kid);
+    push_quoted(out, " answered_by=", line.answered_by);
+    push_quoted(out, " error=", line.error);
+    push_quoted(out, " request_id=", line.request_id);
     out.push('\n');
     true
 }
 
-/// Writes fields as the default `DefaultVisitor` does, or clears `ok`.
-struct PlainFields<'a> {
-    out: &'a mut String,
-    first: bool,
-    ok: bool,
+/// Appends `name` (with its leading space and `=`) and `value` between double quotes.
+fn push_quoted(out: &mut String, name: &str, value: &str) {
+    out.push_str(name);
+    out.push('"');
+    out.push_str(value);
+    out.push('"');
 }
 
 /// Whether `Debug` of `s` is `s` between double quotes (printable ASCII, no `"` or `\`).
@@ -366,97 +407,10 @@ fn push_f64_debug(out: &mut String, value: f64) {
     }
 }
 
-impl PlainFields<'_> {
-    /// The separator and `name=`; `false` (and `ok` cleared) for names the default
-    /// treats specially.
-    fn begin(&mut self, field: &Field) -> bool {
-        let name = field.name();
-        if name.starts_with("r#") || name.starts_with("log.") {
-            self.ok = false;
-            return false;
-        }
-        if !self.first {
-            self.out.push(' ');
-        }
-        self.first = false;
-        if name != "message" {
-            self.out.push_str(name);
-            self.out.push('=');
-        }
-        true
-    }
-}
-
-impl Visit for PlainFields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        // Messages are written raw (with control characters escaped), other strings quoted.
-        if !self.ok || !debug_is_quoted(value) || !self.begin(field) {
-            self.ok = false;
-            return;
-        }
-        if field.name() == "message" {
-            self.out.push_str(value);
-        } else {
-            self.out.push('"');
-            self.out.push_str(value);
-            self.out.push('"');
-        }
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.ok && self.begin(field) {
-            self.out.push_str(itoa::Buffer::new().format(value));
-        }
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.ok && self.begin(field) {
-            self.out.push_str(itoa::Buffer::new().format(value));
-        }
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.ok && self.begin(field) {
-            self.out.push_str(if value { "true" } else { "false" });
-        }
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        if self.ok && self.begin(field) {
-            push_f64_debug(self.out, value);
-        }
-    }
-
-    fn record_error(&mut self, _field: &Field, _value: &(dyn std::error::Error + 'static)) {
-        self.ok = false;
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if !self.ok || !self.begin(field) {
-            return;
-        }
-        let start = self.out.len();
-        let _ = write!(self.out, "{value:?}");
-        // The default escapes control characters in messages; leave those to it.
-        if field.name() == "message"
-            && self.out[start..]
-                .chars()
-                .any(|c| c.is_control() || ('\u{80}'..='\u{9f}').contains(&c))
-        {
-            self.ok = false;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracing_subscriber::fmt::format::Writer;
-
-    thread_local! {
-        /// Lines the fast path wrote on this thread.
-        pub(super) static FAST_LINES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-    }
+    use tracing_subscriber::fmt;
 
     /// A fixed clock, so that two formatters print the same timestamp.
     #[derive(Clone)]
@@ -483,75 +437,130 @@ mod tests {
         }
     }
 
-    fn emit_all() {
-        // The gateway's own access line, as proxy.rs writes it.
-        tracing::info!(
-            target: "sessiongate::access",
-            method = %http::Method::GET,
-            route = "orders",
-            status = 200u16,
-            latency_ms = 1.25f64,
-            session = "valid",
-            upstream = "127.0.0.1:9001",
-            kid = "roqMScaFn0MxBU6YjbIpMbxq1jR1rzc0S_Gz8pWWr4A",
-            answered_by = "upstream",
-            error = "-",
-            "request"
-        );
-        tracing::info!(
-            target: "sessiongate::access",
-            route = "none",
-            status = 0u16,
-            latency_ms = 3.0f64,
-            huge = 1.0e300f64,
-            tiny = 1.0e-7f64,
-            negative = -4i64,
-            flag = true,
-            "request"
-        );
-        // Values the fast path leaves to the default formatter.
-        tracing::info!(target: "sessiongate::access", route = "a\"b", "request");
-        tracing::info!(target: "sessiongate::access", route = "ünïcode", "request");
-        tracing::info!(target: "sessiongate::access", route = "line\nbreak", "request");
-        tracing::warn!(target: "sessiongate::access", "message with \u{1b}[31m escape");
-        tracing::error!(target: "sessiongate::access", answered = ?Some("x"), "request {}", 7);
-        // Another target goes to the default formatter.
-        tracing::info!(target: "sessiongate", kid = "k", "Created signing key.");
-    }
-
-    fn render(fast: bool) -> String {
+    /// What the default human format (no ANSI, the fixed clock) prints for the access
+    /// event of `line`.
+    fn by_tracing(line: &Access<'_>) -> String {
         let buf = Buf::default();
         let writer = buf.clone();
-        let builder = fmt()
+        let sub = fmt()
             .with_writer(move || writer.clone())
             .with_ansi(false)
-            .with_max_level(Level::TRACE);
-        if fast {
-            let sub = builder.event_format(AccessFast::new(Fixed)).finish();
-            tracing::subscriber::with_default(sub, emit_all);
-        } else {
-            let sub = builder.with_timer(Fixed).finish();
-            tracing::subscriber::with_default(sub, emit_all);
-        }
+            .with_timer(Fixed)
+            .finish();
+        tracing::subscriber::with_default(sub, || access_event(line));
         let bytes = buf.0.lock().clone();
         String::from_utf8(bytes).unwrap()
     }
 
+    fn rendered(line: &Access<'_>) -> Option<String> {
+        let mut out = String::new();
+        render_access(&Fixed, line, &mut out).then_some(out)
+    }
+
+    const LINE: Access<'static> = Access {
+        method: "GET",
+        route: "orders",
+        status: 200,
+        latency_ms: 1.25,
+        session: "valid",
+        upstream: "127.0.0.1:9001",
+        kid: "roqMScaFn0MxBU6YjbIpMbxq1jR1rzc0S_Gz8pWWr4A",
+        answered_by: "upstream",
+        error: "-",
+        request_id: "0f3a9c2e5b7d4e1f0000000000000001",
+    };
+
     #[test]
-    fn access_fast_path_writes_exactly_what_the_default_format_writes() {
-        let before = FAST_LINES.with(std::cell::Cell::get);
-        let fast = render(true);
-        // The two plain lines and the formatted message took the fast path.
-        assert_eq!(FAST_LINES.with(std::cell::Cell::get) - before, 3);
-        let default = render(false);
-        assert_eq!(fast, default);
-        assert_eq!(fast.lines().count(), 8, "{fast}");
-        assert!(
-            fast.starts_with(
-                "2026-01-02T03:04:05.678901Z  INFO sessiongate::access: request method=GET route=\"orders\" status=200 latency_ms=1.25 "
-            ),
-            "{fast}"
+    fn the_direct_access_line_is_what_the_default_format_writes() {
+        let mut lines = vec![
+            LINE,
+            Access {
+                method: "PROPFIND",
+                route: "none",
+                status: 0,
+                latency_ms: 0.0,
+                upstream: "-",
+                kid: "-",
+                answered_by: "gateway",
+                error: "ConnectTimedout",
+                request_id: "support-ticket-42 (retry) ~!#$%&'()*+,-./:;<=>?@[]^_`{|}",
+                ..LINE
+            },
+            Access {
+                status: 503,
+                latency_ms: 1.0e-7,
+                session: "",
+                ..LINE
+            },
+            Access {
+                latency_ms: 12_345_678.9,
+                ..LINE
+            },
+        ];
+        // Latencies over every magnitude a request can take, and beyond.
+        lines.extend((0..2_000u64).map(|i| Access {
+            latency_ms: Duration::from_nanos(i * i * 7_919).as_secs_f64() * 1000.0,
+            status: u16::try_from(i % 600).unwrap_or(0),
+            ..LINE
+        }));
+        for line in &lines {
+            assert_eq!(
+                rendered(line).as_deref(),
+                Some(by_tracing(line).as_str()),
+                "{line:?}"
+            );
+        }
+        assert_eq!(
+            rendered(&LINE).as_deref(),
+            Some(
+                "2026-01-02T03:04:05.678901Z  INFO sessiongate::access: request method=GET \
+                 route=\"orders\" status=200 latency_ms=1.25 session=\"valid\" \
+                 upstream=\"127.0.0.1:9001\" kid=\"roqMScaFn0MxBU6YjbIpMbxq1jR1rzc0S_Gz8pWWr4A\" \
+                 answered_by=\"upstream\" error=\"-\" request_id=\"0f3a9c2e5b7d4e1f0000000000000001\"\n"
+            )
         );
+    }
+
+    #[test]
+    fn values_the_default_would_escape_are_left_to_tracing() {
+        for line in [
+            Access {
+                request_id: "a\"b",
+                ..LINE
+            },
+            Access {
+                request_id: "back\\slash",
+                ..LINE
+            },
+            Access {
+                route: "ünïcode",
+                ..LINE
+            },
+            Access {
+                upstream: "line\nbreak",
+                ..LINE
+            },
+            Access {
+                kid: "\u{1b}[31m",
+                ..LINE
+            },
+            Access {
+                method: "GE T",
+                ..LINE
+            },
+        ] {
+            assert_eq!(rendered(&line), None, "{line:?}");
+            // The event that goes instead escapes it.
+            assert!(by_tracing(&line).contains("INFO sessiongate::access: request"));
+        }
+    }
+
+    #[test]
+    fn without_a_writer_of_ours_nothing_is_written_directly() {
+        // Unit tests never call `init`, so no writer is installed: the caller must emit
+        // the event.
+        assert!(ACCESS_WRITER.get().is_none());
+        assert!(!write_access(&LINE));
     }
 
     #[test]

@@ -317,7 +317,20 @@ fn human_lines_give_one_access_line_per_request() {
     assert_refusal(s.get("/nowhere", None), 404, "not_found");
     assert_eq!(s.status("/.well-known/jwks.json", None), 200);
     assert_refusal(s.get("/gone", None), 502, "bad_gateway");
-    let requests = 6;
+    // Request ids: one written as it came, one with quotes the line must escape (those
+    // lines are formatted by tracing instead of the direct writer: still one each).
+    let with_id = |id: &str| {
+        s.http
+            .get(s.gw.url("/api/orders/3"))
+            .header("cookie", cookie_header(&cookie))
+            .header("x-request-id", id)
+            .send()
+            .expect("send")
+            .status()
+    };
+    assert_eq!(with_id("support-42"), 200);
+    assert_eq!(with_id(r#"say-"hi"\o/"#), 200);
+    let requests = 8;
 
     assert_eventually!(
         access_lines(&s.gw.stderr()).len() >= requests,
@@ -354,5 +367,15 @@ fn human_lines_give_one_access_line_per_request() {
         assert_eq!(field(line, "route").as_deref(), Some(route), "{line}");
         assert_eq!(field(line, "status").as_deref(), Some(status), "{line}");
         assert_eq!(field(line, "session").as_deref(), Some(session), "{line}");
+    }
+    let (plain, escaped) = (&lines[6], &lines[7]);
+    assert!(plain.ends_with(r#" request_id="support-42""#), "{plain}");
+    assert!(
+        escaped.ends_with(r#" request_id="say-\"hi\"\\o/""#),
+        "{escaped}"
+    );
+    for line in [plain, escaped] {
+        assert_eq!(field(line, "route").as_deref(), Some("orders"), "{line}");
+        assert_eq!(field(line, "status").as_deref(), Some("200"), "{line}");
     }
 }
