@@ -652,10 +652,7 @@ impl ProxyHttp for Gateway {
                 .observe(elapsed.as_secs_f64()),
         }
         // One access line per request. Never a cookie, token, key or query string.
-        if !tracing::enabled!(target: "sessiongate::access", tracing::Level::INFO) {
-            return;
-        }
-        let line = telemetry::Access {
+        telemetry::access(&telemetry::Access {
             method: session.req_header().method.as_str(),
             route,
             status,
@@ -670,8 +667,7 @@ impl ProxyHttp for Gateway {
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
-        };
-        telemetry::access(&line);
+        });
     }
 }
 

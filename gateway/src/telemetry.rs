@@ -284,11 +284,11 @@ thread_local! {
     static ACCESS_LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
 }
 
-/// Logs one access line: straight into the log buffer when it can (the human format
-/// without ANSI styling, and nothing to escape), else as the equivalent `tracing` event.
-/// The caller checks first that the access target is enabled.
+/// Logs one access line, if the log filter lets target `sessiongate::access` print at
+/// INFO: straight into the log buffer when it can (the human format without ANSI
+/// styling, and nothing to escape), else as the equivalent `tracing` event.
 pub fn access(line: &Access<'_>) {
-    if !write_access(line) {
+    if tracing::enabled!(target: ACCESS_TARGET, Level::INFO) && !write_access(line) {
         access_event(line);
     }
 }
@@ -297,7 +297,7 @@ pub fn access(line: &Access<'_>) {
 /// `request`, then the fields in [`Access`]'s order.
 fn access_event(line: &Access<'_>) {
     tracing::info!(
-        target: "sessiongate::access",
+        target: ACCESS_TARGET,
         method = %line.method,
         route = line.route,
         status = line.status,
