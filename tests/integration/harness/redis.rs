@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
 use super::eventually::pause;
-use super::ports::free_port;
+use super::ports::{free_port, hold};
 
 /// The SPEC's default session key prefix.
 pub(crate) const DEFAULT_PREFIX: &str = "sg:session:";
@@ -42,9 +42,9 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
 pub(crate) struct RedisServer {
     port: u16,
     child: Option<Child>,
-    /// While stopped, the port bound but not listening: connecting is refused, as with
-    /// no server at all, and nothing else on the machine can take the port (a test's
-    /// free port, an outgoing connection's ephemeral one) before [`RedisServer::restart`].
+    /// While stopped, the port held ([`hold`]): connecting is refused, as with no server
+    /// at all, and the kernel gives the port to no one else (a test's free port, an
+    /// outgoing connection's local one) before [`RedisServer::restart`].
     held: Option<socket2::Socket>,
     dir: TempDir,
     tls: Option<Tls>,
@@ -348,18 +348,6 @@ impl RedisServer {
             let _ = child.wait();
         }
     }
-}
-
-/// `127.0.0.1:port` bound (with `SO_REUSEADDR`, beside the killed server's `TIME_WAIT`
-/// connections) but not listening; `None` if something else holds it already.
-fn hold(port: u16) -> Option<socket2::Socket> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
-    socket.set_reuse_address(true).ok()?;
-    socket
-        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
-        .ok()?;
-    Some(socket)
 }
 
 impl Drop for RedisServer {
